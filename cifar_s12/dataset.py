@@ -1,0 +1,192 @@
+"""CIFAR-10 as uint8 arrays, the Dataset that applies a transform, and the DataLoaders.
+
+Where the pixels come from, chosen from ``data_dir`` (argument, else ``$CIFAR_S12_DATA``, else the repo's ``data/``):
+  1. torchvision's ``CIFAR10`` files under data_dir (downloaded there when missing: the default on Colab/laptops);
+  2. an image-folder tree ``data_dir/{train,test}/<class>/*.png``, read with torchvision's ``ImageFolder``,
+     decoded once and cached as arrays in ``data/cache/`` (decoding 60,000 PNGs takes ~20 s).
+Either way the whole data set lives in memory as uint8 HWC arrays (150 MB): airbench-style, no per-epoch file I/O.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import UserError
+
+# torchvision.datasets.CIFAR10's class order (index = position). It is also alphabetical, as ImageFolder sorts.
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+REPO_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = REPO_DIR / "data"
+ENV_VAR = "CIFAR_S12_DATA"
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, 32, 32, 3) uint8, RGB
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, indices: np.ndarray) -> "Split":
+        return Split(self.images[indices], self.labels[indices])
+
+
+@dataclass
+class CifarData:
+    train: Split
+    test: Split
+    source: str  # where the pixels came from, for logs and metrics.json
+    classes: tuple[str, ...] = CLASSES
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The argument, else $CIFAR_S12_DATA, else the repo's data/ folder."""
+    chosen = data_dir or os.environ.get(ENV_VAR) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().resolve()
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = True,
+                 cache_dir: str | os.PathLike | None = None) -> CifarData:
+    """Load both splits from ``data_dir`` (see the module docstring for the order of sources)."""
+    root = resolve_data_dir(data_dir)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return _load_image_folder(root, Path(cache_dir) if cache_dir else DEFAULT_DATA_DIR / "cache")
+    return _load_torchvision(root, download)
+
+
+def _load_torchvision(root: Path, download: bool) -> CifarData:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        splits = [CIFAR10(str(root), train=train, download=download) for train in (True, False)]
+    except Exception as err:  # no network, no files, or a read-only folder: one message names both ways out
+        raise UserError(
+            f"CIFAR-10 not found in {root} and could not be downloaded ({type(err).__name__}: {err}). "
+            f"Either allow the download (torchvision fetches it into --data-dir), or point --data-dir / "
+            f"${ENV_VAR} at an image-folder tree with train/<class>/*.png and test/<class>/*.png.") from None
+    train, test = (Split(np.asarray(s.data, dtype=np.uint8), np.asarray(s.targets, dtype=np.int64)) for s in splits)
+    return CifarData(train, test, source=f"torchvision:{root}", classes=tuple(splits[0].classes))
+
+
+def _load_image_folder(root: Path, cache_dir: Path) -> CifarData:
+    from torchvision.datasets import ImageFolder
+
+    folders = {name: ImageFolder(str(root / name)) for name in ("train", "test")}
+    for name, folder in folders.items():
+        if tuple(folder.classes) != CLASSES:
+            raise UserError(f"{root / name} has class folders {folder.classes}; expected CIFAR-10's {list(CLASSES)}")
+    # The cache key covers the folder and its file list, so adding or renaming files re-decodes.
+    listing = "\n".join(p for f in folders.values() for p, _ in f.samples)
+    key = hashlib.sha1(listing.encode()).hexdigest()[:16]
+    cache = cache_dir / f"cifar10-imagefolder-{key}.npz"
+    if cache.exists():
+        with np.load(cache) as z:
+            return CifarData(Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"]),
+                             source=f"image-folder:{root}")
+    train, test = (_decode(folders[name]) for name in ("train", "test"))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp.npz")  # atomic: a half-written cache is never read
+    np.savez(tmp, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
+    os.replace(tmp, cache)
+    return CifarData(train, test, source=f"image-folder:{root}")
+
+
+def _decode(folder) -> Split:
+    from tqdm.auto import tqdm
+
+    images = np.empty((len(folder.samples), 32, 32, 3), dtype=np.uint8)
+    labels = np.empty(len(folder.samples), dtype=np.int64)
+    for i, (path, label) in enumerate(tqdm(folder.samples, desc=f"decoding {Path(folder.root).name}",
+                                           mininterval=2, leave=False)):
+        try:
+            image = np.asarray(folder.loader(path))  # PIL, converted to RGB
+        except Exception as err:
+            raise UserError(f"cannot read image {path} ({type(err).__name__}): replace or delete it") from None
+        if image.shape != (32, 32, 3):
+            raise UserError(f"image {path} is {image.shape[1]}x{image.shape[0]}; CIFAR-10 images are 32x32")
+        images[i], labels[i] = image, label
+    return Split(images, labels)
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of a deterministic, class-balanced subset of size ``n`` (sorted; the same for the same seed)."""
+    classes = np.unique(labels)
+    if not 0 < n <= len(labels):
+        raise UserError(f"subset size must be between 1 and {len(labels)}, got {n}")
+    rng = np.random.default_rng(seed)
+    per_class = [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, per_class)]
+    return np.sort(np.concatenate(picked))
+
+
+def subset(data: CifarData, train: int | None = None, test: int | None = None, seed: int = 0) -> CifarData:
+    """A smaller CifarData for quick runs; ``None`` keeps a split whole."""
+    def cut(split: Split, n: int | None) -> Split:
+        return split if n is None or n >= len(split) else split.take(balanced_subset(split.labels, n, seed))
+    return CifarData(cut(data.train, train), cut(data.test, test), data.source, data.classes)
+
+
+class CifarDataset(Dataset):
+    """uint8 HWC images + labels; ``transform`` is an albumentations pipeline ending in ToTensorV2."""
+
+    def __init__(self, split: Split, transform):
+        self.images, self.labels, self.transform = split.images, split.labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(image=self.images[index])["image"], int(self.labels[index])
+
+
+def default_num_workers() -> int:
+    return min(os.cpu_count() or 1, 8)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker gets its own, reproducible augmentation stream derived from the loader's seed.
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int | None = None,
+                seed: int = 0, pin_memory: bool | None = None) -> DataLoader:
+    """Shuffled, full batches for training; ordered for evaluation. Workers stay alive between epochs."""
+    workers = default_num_workers() if num_workers is None else num_workers
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=train,
+        drop_last=train and len(dataset) > batch_size,  # no tiny last batch for BatchNorm
+        num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_seed_worker,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        generator=torch.Generator().manual_seed(seed))
+
+
+def synthetic_image_folder(root: str | os.PathLike, train_per_class: int = 60, test_per_class: int = 20,
+                           seed: int = 0) -> Path:
+    """Write a small, learnable CIFAR-10-shaped image-folder tree (class = a colour and a stripe direction).
+
+    For tests and offline demos when the real data set is not at hand.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32]
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            colour = np.array([(c * 37) % 256, (c * 91 + 60) % 256, (c * 53 + 120) % 256], dtype=np.float32)
+            stripes = np.sin((xx * np.cos(c * np.pi / 10) + yy * np.sin(c * np.pi / 10)) * 0.8)[..., None]
+            for i in range(per_class):
+                pixels = colour * 0.6 + 60 * stripes + rng.normal(0, 25, (32, 32, 3))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / split / name / f"{i:05d}.png")
+    return root

@@ -1,0 +1,95 @@
+"""Small shared helpers: seeding, device and precision choice, atomic file writes, checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UserError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch (all devices). Loader workers derive their seeds from torch's."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` if given, else cuda > mps > cpu."""
+    if name and name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
+
+    auto: bf16 on CPU (AMX/AVX512-bf16 make it ~4x faster than fp32 here) and on CUDA GPUs that support it,
+    fp16 on older GPUs (e.g. Colab's T4), fp32 on MPS.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and device.type == "mps"):
+        return None
+    if precision == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def lightning_precision(device: torch.device, precision: str = "auto") -> str:
+    """The same choice as ``autocast_dtype``, spelled the way Lightning's Trainer wants it."""
+    dtype = autocast_dtype(device, precision)
+    return {None: "32-true", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}[dtype]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block finishes.
+
+    So a crash or Ctrl-C never leaves a half-written checkpoint or metrics file, and the previous one survives.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+CHECKPOINT_FORMAT = "cifar_s12.checkpoint/1"
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, model_kwargs: dict,
+                    config: dict, classes: tuple[str, ...], **extra) -> None:
+    """A self-describing ``.pt``: enough to rebuild the model without the code that trained it."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "state_dict": state, "model": model_name,
+               "model_kwargs": model_kwargs, "config": config, "classes": list(classes), **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)

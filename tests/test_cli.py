@@ -1,0 +1,71 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cifar_s12.dataset import REPO_DIR
+
+
+def cli(*args, env=None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cifar_s12", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO_DIR, env=full_env, timeout=600)
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_help(command):
+    r = cli(command, "--help")
+    assert r.returncode == 0 and "--data-dir" in r.stdout and "--subset" in r.stdout
+
+
+@pytest.mark.parametrize("args", [["train", "--epochs", "0", "--out", "x"], ["train", "--model", "vgg", "--out", "x"],
+                                  ["train", "--epochs", "1"], ["train", "--max-lr", "0.1", "--find-lr", "--out", "x"]])
+def test_invalid_arguments_are_argparse_errors(args):
+    r = cli(*args)
+    assert r.returncode == 2 and "usage:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_data_is_one_line_and_exit_2(tmp_path):
+    r = cli("train", "--data-dir", tmp_path / "nothing", "--no-download", "--out", tmp_path / "run")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: CIFAR-10 not found") and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_image_is_one_line_naming_the_file(tiny_dir, tmp_path):
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(tiny_dir, tree)
+    (tree / "train" / "dog" / "00003.png").write_text("hello")
+    r = cli("train", "--data-dir", tree, "--out", tmp_path / "run")
+    last = r.stderr.strip().splitlines()[-1]  # above it only the progress bar
+    assert r.returncode == 2 and last.startswith("error: cannot read image") and "dog/00003.png" in last
+    assert "Traceback" not in r.stderr
+
+
+def test_train_writes_metrics_checkpoint_and_curves(tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", "--epochs", "2", "--subset", "300", "--test-subset", "200", "--batch-size", "64",
+            "--max-lr", "0.05", "--workers", "0", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["final_test_accuracy"] <= 1 and metrics["wall_seconds"] > 0
+    assert metrics["config"]["epochs"] == 2 and metrics["config"]["max_lr"] == 0.05
+    assert [sorted(h) for h in metrics["history"]] == [sorted(
+        ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_second",
+         "epoch_seconds"])] * 2
+    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+    assert ckpt["model"] == "custom_resnet" and len(ckpt["classes"]) == 10 and ckpt["epoch"] == 2
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lr_find_prints_a_suggestion(tmp_path):
+    plot = tmp_path / "lr.png"
+    r = cli("lr-find", "--subset", "256", "--batch-size", "32", "--num-iter", "15", "--workers", "0", "--plot", plot)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "suggested max LR:" in r.stdout and plot.exists()

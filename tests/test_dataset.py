@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from cifar_s12 import dataset as ds
+from cifar_s12.dataset import CLASSES, CifarDataset, balanced_subset, load_cifar10, make_loader, subset
+from cifar_s12.errors import UserError
+from cifar_s12.transform import test_transform as eval_transform
+
+
+def test_image_folder_is_decoded_and_cached(tiny_dir, tmp_path, monkeypatch):
+    data = load_cifar10(tiny_dir, download=False, cache_dir=tmp_path)
+    assert data.classes == CLASSES and data.source.startswith("image-folder:")
+    assert data.train.images.shape == (60, 32, 32, 3) and data.train.images.dtype == np.uint8
+    assert data.test.images.shape == (20, 32, 32, 3)
+    assert np.bincount(data.train.labels).tolist() == [6] * 10
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+
+    monkeypatch.setattr(ds, "_decode", lambda folder: pytest.fail("decoded again instead of using the cache"))
+    again = load_cifar10(tiny_dir, download=False, cache_dir=tmp_path)
+    assert np.array_equal(again.train.images, data.train.images)
+    assert np.array_equal(again.test.labels, data.test.labels)
+
+
+def test_data_dir_comes_from_the_environment(tiny_dir, monkeypatch):
+    monkeypatch.setenv("CIFAR_S12_DATA", str(tiny_dir))
+    assert ds.resolve_data_dir() == tiny_dir.resolve()
+    assert ds.resolve_data_dir("elsewhere").name == "elsewhere"
+
+
+def test_real_tree_matches_published_statistics(real_data_dir):
+    data = load_cifar10(real_data_dir, download=False)
+    assert len(data.train) == 50_000 and len(data.test) == 10_000
+    assert np.bincount(data.train.labels).tolist() == [5000] * 10
+    mean = data.train.images.reshape(-1, 3).mean(0) / 255
+    np.testing.assert_allclose(mean, [0.4914, 0.4822, 0.4465], atol=1e-4)
+
+
+def test_corrupt_image_names_the_file(tiny_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "tree"
+    shutil.copytree(tiny_dir, broken)
+    bad = broken / "test" / "cat" / "00000.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(UserError, match="cannot read image .*cat/00000.png"):
+        load_cifar10(broken, download=False, cache_dir=tmp_path / "cache")
+
+
+def test_wrong_class_folders(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split / "cats").mkdir(parents=True)
+        (tmp_path / split / "cats" / "a.png").write_bytes(b"")
+    with pytest.raises(UserError, match="expected CIFAR-10's"):
+        load_cifar10(tmp_path, download=False, cache_dir=tmp_path / "cache")
+
+
+def test_missing_data_names_both_ways_to_provide_it(tmp_path):
+    with pytest.raises(UserError) as err:
+        load_cifar10(tmp_path / "nothing", download=False)
+    message = str(err.value)
+    assert "download" in message and "train/<class>/*.png" in message and "\n" not in message
+
+
+def test_balanced_subset_is_deterministic_and_balanced():
+    labels = np.repeat(np.arange(10), 100)
+    a, b = balanced_subset(labels, 95, seed=0), balanced_subset(labels, 95, seed=0)
+    assert np.array_equal(a, b) and len(a) == 95 and len(set(a)) == 95
+    counts = np.bincount(labels[a], minlength=10)
+    assert counts.max() - counts.min() <= 1
+    assert not np.array_equal(a, balanced_subset(labels, 95, seed=1))
+    with pytest.raises(UserError):
+        balanced_subset(labels, 0)
+
+
+def test_subset_keeps_test_whole_unless_asked(data):
+    small = subset(data, train=50)
+    assert len(small.train) == 50 and len(small.test) == len(data.test)
+    assert len(subset(data, train=50, test=20).test) == 20
+
+
+def test_loader_batches(data):
+    loader = make_loader(CifarDataset(data.test, eval_transform()), batch_size=16, train=False, num_workers=0)
+    x, y = next(iter(loader))
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    train = make_loader(CifarDataset(data.train, eval_transform()), batch_size=64, train=True, num_workers=2)
+    assert train.drop_last and train.persistent_workers
+    sizes = [len(yb) for _, yb in train]
+    assert sizes and set(sizes) == {64}

@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+from cifar_s12.errors import UserError
+from cifar_s12.utils import atomic_path, autocast_dtype, lightning_precision, write_json
+
+
+def test_precision_choice_on_cpu():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "auto") == torch.bfloat16
+    assert autocast_dtype(cpu, "fp32") is None
+    assert lightning_precision(cpu, "auto") == "bf16-mixed"
+    assert lightning_precision(cpu, "fp32") == "32-true"
+    with pytest.raises(UserError):
+        autocast_dtype(cpu, "fp8")
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text().strip().startswith("{") and '"a": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
