@@ -96,6 +96,24 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     print(f"suggested max LR: {result.suggested_lr:.4g} (plot: {args.plot})")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import run_bench
+    from .utils import write_json
+
+    cfg = make_config("best", model=args.model, data_dir=args.data_dir, num_workers=args.num_workers)
+    result = run_bench(cfg, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                       loader_batches=args.loader_batches)
+    print(f"device: {result['device_name']} ({result['device']}), {result['torch_threads']} torch threads, "
+          f"batch {result['batch_size']}")
+    print(f"train step, fast path ({result['fast_path']}): {result['train_images_per_second']:8.1f} images/s")
+    print(f"train step, fp32 channels-first eager:      {result['baseline_fp32_images_per_second']:8.1f} images/s"
+          f"  -> fast path is {result['fast_vs_baseline']:.2f}x")
+    print(f"loader with training augmentations ({result['loader_workers']} workers): "
+          f"{result['loader_images_per_second']:8.1f} images/s  -> {result['loader_vs_model']:.1f}x the model")
+    if args.json:
+        write_json(args.json, result)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cifar_s12", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-iter", type=_positive_int, default=100)
     p.add_argument("--plot", default="lr_finder.png", help="where to save the plot (default: lr_finder.png)")
     p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("bench", help="measure training-step (fast path vs fp32 baseline) and loader throughput")
+    p.add_argument("--model", choices=sorted(MODELS), default="custom_resnet")
+    p.add_argument("--batch-size", type=_positive_int, default=512)
+    p.add_argument("--steps", type=_positive_int, default=4, help="timed training steps per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--loader-batches", type=_positive_int, default=20)
+    p.add_argument("--data-dir")
+    p.add_argument("--workers", type=int, dest="num_workers")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,91 @@
+"""Throughput benchmark: the training step on the fast path vs an fp32 eager baseline, and the data loader.
+
+All three are measured in one run on the current device, so their ratios are comparable even on a busy machine.
+Timings are never asserted in tests; ``python -m cifar_s12 bench`` prints them.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from .config import TrainConfig
+from .dataset import CifarData, CifarDataset, default_num_workers, load_cifar10, make_loader
+from .model import build_model
+from .train import Runtime, build_criterion, build_optimizer
+from .transform import train_transform
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_step_throughput(cfg: TrainConfig, runtime: Runtime, batch_size: int, steps: int, warmup: int) -> float:
+    """Images/s of full training steps (forward, loss, backward, optimizer) on one synthetic batch.
+
+    The data is fixed so that only the model's arithmetic is timed; the loader is measured separately.
+    """
+    model = runtime.prepare(build_model(cfg.model, **cfg.model_kwargs())).train()
+    optimizer, criterion = build_optimizer(model, cfg, lr=0.01), build_criterion(cfg)
+    x = runtime.inputs(torch.randn(batch_size, 3, 32, 32))
+    y = torch.randint(0, 10, (batch_size,), device=runtime.device)
+    for i in range(warmup + steps):
+        if i == warmup:  # the first steps pick kernels and allocate: not representative
+            _sync(runtime.device)
+            start = time.perf_counter()
+        with runtime.autocast():
+            loss = criterion(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        runtime.scaler.scale(loss).backward()
+        runtime.scaler.step(optimizer)
+        runtime.scaler.update()
+    _sync(runtime.device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def loader_throughput(cfg: TrainConfig, data: CifarData, batch_size: int, batches: int, num_workers: int) -> float:
+    """Images/s the training DataLoader delivers with the training augmentations, all workers busy."""
+    loader = make_loader(CifarDataset(data.train, train_transform(cfg.augment, seed=0)), batch_size, train=True,
+                         num_workers=num_workers, seed=0)
+    iterator = iter(loader)
+    next(iterator)  # start-up (worker spawn) is paid once per run, not per epoch: leave it out
+    start, seen = time.perf_counter(), 0
+    for _ in range(min(batches, len(loader) - 1)):
+        seen += len(next(iterator)[1])
+    return seen / (time.perf_counter() - start)
+
+
+def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int = 4, warmup: int = 2,
+              loader_batches: int = 20, data: CifarData | None = None, device: str | None = None) -> dict:
+    cfg = cfg or TrainConfig()
+    fast = Runtime.create("auto", device)
+    baseline = Runtime.create("fp32", device)
+    data = data if data is not None else load_cifar10(cfg.data_dir, download=cfg.download)
+    workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers()
+    result = {
+        "device": str(fast.device),
+        "device_name": torch.cuda.get_device_name() if fast.device.type == "cuda" else _cpu_name(),
+        "model": cfg.model, "batch_size": batch_size, "steps": steps, "warmup_steps": warmup,
+        "fast_path": f"autocast {fast.describe()} + channels_last" if fast.dtype else "fp32 (no autocast here)",
+        "torch_threads": torch.get_num_threads(),
+        "train_images_per_second": train_step_throughput(cfg, fast, batch_size, steps, warmup),
+        "baseline_fp32_images_per_second": train_step_throughput(cfg, baseline, batch_size, steps, warmup),
+        "loader_workers": workers,
+        "loader_images_per_second": loader_throughput(cfg, data, batch_size, loader_batches, workers),
+    }
+    result["fast_vs_baseline"] = result["train_images_per_second"] / result["baseline_fp32_images_per_second"]
+    result["loader_vs_model"] = result["loader_images_per_second"] / result["train_images_per_second"]
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"

@@ -1,0 +1,11 @@
+from cifar_s12.bench import run_bench
+from cifar_s12.config import make_config
+
+
+def test_bench_reports_all_three_throughputs(data):
+    result = run_bench(make_config("best", num_workers=1), batch_size=8, steps=1, warmup=1, loader_batches=2,
+                       data=data)
+    for key in ("train_images_per_second", "baseline_fp32_images_per_second", "loader_images_per_second"):
+        assert result[key] > 0
+    assert result["fast_vs_baseline"] == result["train_images_per_second"] / result["baseline_fp32_images_per_second"]
+    assert result["device"] == "cpu" and "bfloat16" in result["fast_path"] and result["loader_workers"] == 1
