@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from cifar_s12.errors import UserError
+from cifar_s12.results import load_runs, markdown_table, summarise
+
+
+def _run(seed, acc, trainer="torch", epochs=24, done=24, tta=None):
+    run = {"trainer": trainer, "final_test_accuracy": acc, "wall_seconds": 600.0, "train_images": 50000,
+           "device": "cuda, bfloat16", "epochs_completed": done, "command": "python -m cifar_s12 train --seed N",
+           "config": {"recipe": "best", "epochs": epochs, "seed": seed}}
+    if tta is not None:
+        run["final_test_accuracy_tta"] = tta
+    return run
+
+
+def test_runs_are_grouped_and_summarised(tmp_path):
+    for seed, acc in ((1, 0.940), (2, 0.942), (3, 0.944)):
+        (tmp_path / f"torch-best-seed{seed}.json").write_text(json.dumps(_run(seed, acc, tta=acc + 0.005)))
+    (tmp_path / "lightning-best-seed1.json").write_text(json.dumps(_run(1, 0.93, trainer="lightning")))
+    (tmp_path / "torch-best-seed9.json").write_text(json.dumps(_run(9, 0.5, done=3)))  # unfinished: left out
+    rows = summarise(load_runs(tmp_path))
+    assert [(r["trainer"], r["seeds"]) for r in rows] == [("lightning", [1]), ("torch", [1, 2, 3])]
+    torch_row = rows[1]
+    assert torch_row["mean"] == pytest.approx(94.2) and torch_row["std"] == pytest.approx(0.2)
+    assert torch_row["tta_mean"] == pytest.approx(94.7) and rows[0]["tta_mean"] is None
+    table = markdown_table(rows)
+    assert "94.20 ± 0.20 (94.00–94.40)" in table and table.count("\n") == 3
+
+
+def test_a_file_that_is_not_a_run(tmp_path):
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(UserError, match="not a metrics.json"):
+        load_runs(tmp_path)
