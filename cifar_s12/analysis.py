@@ -54,17 +54,19 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         state = payload["state_dict"]
     elif isinstance(payload.get("hyper_parameters"), dict) and "model_name" in payload["hyper_parameters"]:
         hp = payload["hyper_parameters"]
-        name, kwargs, config, classes = hp["model_name"], hp.get("model_kwargs", {}), hp.get("config", {}), \
-            hp["classes"]
+        name, kwargs, config, classes = (hp["model_name"], hp.get("model_kwargs", {}), hp.get("config", {}),
+                                         hp.get("classes"))
         state = {k[len("model."):]: v for k, v in payload.get("state_dict", {}).items() if k.startswith("model.")}
     else:
         raise UserError(f"{path} is a torch file but not a cifar_s12 checkpoint (no model name and classes in it)")
+    if not classes:
+        raise UserError(f"{path} does not name its classes (hyper_parameters['classes'])")
     model = _build(name, kwargs, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"{path}: its weights do not fit model {name!r} ({first})") from None
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:])  # line 0 only says "Error(s)"
+        raise UserError(f"{path}: its weights do not fit model {name!r}: {detail[:300]}") from None
     return LoadedModel(model.eval(), name, tuple(classes), dict(config), path)
 
 

@@ -72,6 +72,14 @@ def test_a_torch_file_without_model_and_classes_is_refused(tmp_path):
         load_checkpoint(tmp_path / "t.pt")
 
 
+def test_a_lightning_ckpt_with_other_weights_is_refused(checkpoint, tmp_path):
+    payload = torch.load(lightning_style(checkpoint, tmp_path / "a.ckpt"), weights_only=False)
+    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if not k.startswith("model.fc")}
+    torch.save(payload, tmp_path / "b.ckpt")
+    with pytest.raises(UserError, match="do not fit model 'custom_resnet'.*fc.weight"):
+        load_checkpoint(tmp_path / "b.ckpt")
+
+
 def test_predictions_are_one_pass_and_match_the_model(loaded, test_split, preds):
     calls = []
     handle = loaded.model.register_forward_hook(lambda *_: calls.append(1))
