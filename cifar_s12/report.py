@@ -89,4 +89,5 @@ def write_curves(metrics_path: Path, out: Path) -> list[str]:
     if not metrics.get("history"):
         return [f"{metrics_path} has no epochs yet: curves.png not written"]
     save_figure(plot_curves(metrics["history"], metrics.get("lr_schedule")), out / "curves.png")
-    return [f"wrote {out / 'curves.png'} ({len(metrics['history'])} epochs)"]
+    epochs = len(metrics["history"])
+    return [f"wrote {out / 'curves.png'} ({epochs} epoch{'s' if epochs != 1 else ''})"]
