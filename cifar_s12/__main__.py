@@ -1,4 +1,4 @@
-"""The command line: ``python -m cifar_s12 {train,lr-find} ...``. Parses flags and calls the package; no
+"""The command line: ``python -m cifar_s12 {train,lr-find,report,predict} ...``. Parses flags and calls the package; no
 training logic of its own. A UserError (missing data, bad file, unknown name) becomes one line on stderr and exit 2.
 """
 from __future__ import annotations
@@ -32,6 +32,13 @@ def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 
@@ -114,6 +121,26 @@ def cmd_bench(args: argparse.Namespace) -> None:
         write_json(args.json, result)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    for line in write_report(args.checkpoint, args.out, data_dir=args.data_dir, test_images=args.subset,
+                             layer=args.layer, opacity=args.opacity, n=args.n):
+        print(line)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .analysis import load_checkpoint, load_image, predict_probabilities, top_k
+
+    loaded = load_checkpoint(args.checkpoint)
+    loaded_images = [load_image(path) for path in args.images]  # every file is checked before any output
+    probabilities = predict_probabilities(loaded, [image for image, _ in loaded_images])
+    for path, (_, note), best in zip(args.images, loaded_images, top_k(probabilities, loaded.classes, args.top)):
+        if note:
+            print(f"note: {note}")
+        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in best))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cifar_s12", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, dest="num_workers")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="figures and tables of a trained model on the test set, written to --out")
+    p.add_argument("--checkpoint", required=True, help="model.pt from train, or a Lightning .ckpt")
+    p.add_argument("--data-dir", help="CIFAR-10 location (default: $CIFAR_S12_DATA, else data/)")
+    p.add_argument("--subset", type=_positive_int, help="use a class-balanced subset of N test images")
+    p.add_argument("--layer", help="GradCAM layer, dotted module name (default: the model's cam_layer)")
+    p.add_argument("--opacity", type=_unit_interval, default=0.5, help="GradCAM heatmap opacity (default: 0.5)")
+    p.add_argument("-n", type=_positive_int, default=20, help="misclassified images to show (default: 20)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("predict", help="top classes with probabilities for image files (any size: made 32x32)")
+    p.add_argument("--checkpoint", required=True, help="model.pt from train, or a Lightning .ckpt")
+    p.add_argument("--top", type=_positive_int, default=3, help="how many classes to print (default: 3)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

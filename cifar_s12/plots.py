@@ -88,3 +88,82 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], suggested_lr: 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The data, and what the model makes of it (inputs come from analysis.py: Predictions, GradCAM maps, confusion)
+def plot_samples(images: np.ndarray, labels: Sequence[int], classes: Sequence[str], ncols: int = 10,
+                 title: str | None = "CIFAR-10 samples") -> Figure:
+    """uint8 NHWC images captioned with their class names."""
+    return image_grid(images, [classes[int(y)] for y in labels], ncols=ncols, title=title)
+
+
+def plot_augmented(images: np.ndarray, labels: Sequence[int], classes: Sequence[str], transform,
+                   ncols: int = 10, title: str | None = "after the training augmentations") -> Figure:
+    """The same images through ``transform`` (an albumentations pipeline ending in ToTensorV2), de-normalised."""
+    augmented = torch.stack([transform(image=image)["image"] for image in images])
+    return plot_samples(augmented, labels, classes, ncols=ncols, title=title)
+
+
+def plot_misclassified(images, true: Sequence[int], predicted: Sequence[int], confidence: Sequence[float],
+                       classes: Sequence[str], ncols: int = 5) -> Figure:
+    """Wrong predictions: each image captioned with its true class, the predicted one and its probability."""
+    titles = [f"true: {classes[int(t)]}\npred: {classes[int(p)]} ({float(c):.0%})"
+              for t, p, c in zip(true, predicted, confidence)]
+    return image_grid(images, titles, ncols=ncols, title="misclassified (most confident first)", tile=1.6)
+
+
+def cam_overlay(images, cams: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """GradCAM maps (N, H, W in [0, 1]) as a jet heatmap over the images; ``opacity`` is the heatmap's share."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    if not 0 <= opacity <= 1:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    pixels = to_display(images).astype(np.float32) / 255
+    return np.stack([show_cam_on_image(p, c, use_rgb=True, image_weight=1 - opacity) for p, c in zip(pixels, cams)])
+
+
+def plot_gradcam(images, cams_predicted: np.ndarray, cams_true: np.ndarray, true: Sequence[int],
+                 predicted: Sequence[int], classes: Sequence[str], opacity: float = 0.5,
+                 per_row: int = 3) -> Figure:
+    """Per image three tiles: the image, GradCAM for the predicted class, GradCAM for the true class."""
+    images = to_display(images)
+    over_pred, over_true = cam_overlay(images, cams_predicted, opacity), cam_overlay(images, cams_true, opacity)
+    tiles, titles = [], []
+    for i, (t, p) in enumerate(zip(true, predicted)):
+        tiles += [images[i], over_pred[i], over_true[i]]
+        titles += [f"{classes[int(t)]} as {classes[int(p)]}", f"CAM {classes[int(p)]} (pred)",
+                   f"CAM {classes[int(t)]} (true)"]
+    return image_grid(np.stack(tiles), titles, ncols=3 * per_row, title="GradCAM: where each class's evidence is",
+                      tile=1.4)
+
+
+def plot_confusion_matrix(confusion, classes: Sequence[str]) -> Figure:
+    """Counts, row = true class, column = predicted; each row shaded by its share so that classes compare."""
+    counts = np.asarray(confusion)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, col), n in np.ndenumerate(counts):
+        ax.text(col, row, str(n), ha="center", va="center", fontsize=7,
+                color="white" if shares[row, col] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix ({counts.sum():,} test images)")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_accuracy(rows: Sequence[dict]) -> Figure:
+    """Bars of accuracy per class (``rows`` as from analysis.per_class_accuracy)."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    names, accuracy = [r["class"] for r in rows], [r["accuracy"] for r in rows]
+    bars = ax.bar(names, accuracy, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{a:.0%}" for a in accuracy], fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set(ylabel="accuracy", title="accuracy per class")
+    ax.tick_params(axis="x", rotation=45)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

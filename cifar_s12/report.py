@@ -1,0 +1,93 @@
+"""The report of a trained model: analysis.py's numbers drawn by plots.py's functions, written to one folder.
+
+``python -m cifar_s12 report`` calls ``write_report``; so do the notebooks and scripts/make_readme_figures.sh.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .analysis import (LoadedModel, Predictions, confusion_matrix, default_cam_layer, first_per_class, gradcam,
+                       load_checkpoint, normalised, per_class_accuracy, predict_split, resolve_layer,
+                       write_per_class_csv)
+from .config import TrainConfig
+from .dataset import Split, load_cifar10, subset
+from .plots import (plot_augmented, plot_confusion_matrix, plot_curves, plot_gradcam, plot_misclassified,
+                    plot_per_class_accuracy, plot_samples, save_figure)
+from .transform import train_transform
+
+
+def write_report(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, data_dir: str | None = None,
+                 test_images: int | None = None, layer: str | None = None, opacity: float = 0.5,
+                 n: int = 20) -> list[str]:
+    """Write every figure and table of ``checkpoint`` to ``out_dir``; returns what it did, one line each.
+
+    One pass over the test set (or a class-balanced ``test_images`` subset) gives the predictions every figure uses.
+    """
+    loaded = load_checkpoint(checkpoint)
+    resolve_layer(loaded.model, layer)  # an unknown layer name fails now, not after the slow part
+    data = load_cifar10(data_dir)
+    test = subset(data, test=test_images).test
+    preds = predict_split(loaded, test)
+    out = Path(out_dir)
+    lines = [f"{loaded.model_name} from {loaded.path}: test accuracy {preds.accuracy:.4f} "
+             f"on {len(test):,} test images ({data.source})"]
+    lines += write_data_figures(data.train, loaded, out)
+    lines += write_mistakes(loaded, preds, out, n=n, layer=layer, opacity=opacity)
+    lines += write_confusion(preds, out)
+    lines += write_curves(loaded.path.parent / "metrics.json", out)
+    return lines
+
+
+def write_data_figures(train: Split, loaded: LoadedModel, out: Path, per_class: int = 2) -> list[str]:
+    """samples.png (training images with class names) and augmented.png (the same through the run's augmentations)."""
+    idx = first_per_class(train.labels, per_class)
+    images, labels = train.images[idx], train.labels[idx]
+    augment = TrainConfig.from_dict(loaded.config).augment
+    save_figure(plot_samples(images, labels, loaded.classes), out / "samples.png")
+    save_figure(plot_augmented(images, labels, loaded.classes, train_transform(augment, seed=0)),
+                out / "augmented.png")
+    return [f"wrote {out / 'samples.png'} and {out / 'augmented.png'} ({len(idx)} training images)"]
+
+
+def write_mistakes(loaded: LoadedModel, preds: Predictions, out: Path, n: int = 20, layer: str | None = None,
+                   opacity: float = 0.5) -> list[str]:
+    """misclassified.png and gradcam.png (for the predicted and the true class) of the ``n`` most confident errors."""
+    idx = preds.misclassified(n)
+    if len(idx) == 0:
+        return ["no misclassified images: misclassified.png and gradcam.png not written"]
+    images, true, predicted = preds.images[idx.numpy()], preds.labels[idx], preds.predicted[idx]
+    save_figure(plot_misclassified(images, true, predicted, preds.confidence[idx], preds.classes),
+                out / "misclassified.png")
+    inputs = normalised(images)
+    cams_predicted = gradcam(loaded.model, inputs, predicted, layer)
+    cams_true = gradcam(loaded.model, inputs, true, layer)
+    save_figure(plot_gradcam(images, cams_predicted, cams_true, true, predicted, preds.classes, opacity),
+                out / "gradcam.png")
+    return [f"wrote {out / 'misclassified.png'} and {out / 'gradcam.png'} "
+            f"({len(idx)} images, layer {layer or default_cam_layer(loaded.model)})"]
+
+
+def write_confusion(preds: Predictions, out: Path) -> list[str]:
+    """confusion_matrix.png, per_class.csv and per_class.png."""
+    confusion = confusion_matrix(preds)
+    rows = per_class_accuracy(confusion, preds.classes)
+    save_figure(plot_confusion_matrix(confusion, preds.classes), out / "confusion_matrix.png")
+    write_per_class_csv(rows, out / "per_class.csv")
+    save_figure(plot_per_class_accuracy(rows), out / "per_class.png")
+    worst = min(rows, key=lambda r: r["accuracy"])
+    return [f"wrote {out / 'confusion_matrix.png'}, {out / 'per_class.csv'}, {out / 'per_class.png'} "
+            f"(weakest class: {worst['class']} {worst['accuracy']:.3f})"]
+
+
+def write_curves(metrics_path: Path, out: Path) -> list[str]:
+    """curves.png from the run's metrics.json, when the checkpoint's folder has one."""
+    if not metrics_path.is_file():
+        return [f"no {metrics_path}: curves.png not written"]
+    metrics = json.loads(metrics_path.read_text())
+    if not metrics.get("history"):
+        return [f"{metrics_path} has no epochs yet: curves.png not written"]
+    save_figure(plot_curves(metrics["history"], metrics.get("lr_schedule")), out / "curves.png")
+    epochs = len(metrics["history"])
+    return [f"wrote {out / 'curves.png'} ({epochs} epoch{'s' if epochs != 1 else ''})"]

@@ -1,0 +1,176 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar_s12.analysis import (Predictions, collect_logits, confusion_matrix, first_per_class, gradcam,
+                                load_checkpoint, load_image, normalised, per_class_accuracy, predict_probabilities,
+                                predict_split, resolve_layer, top_k, write_per_class_csv)
+from cifar_s12.dataset import CLASSES, CifarDataset, make_loader, subset
+from cifar_s12.errors import UserError
+from cifar_s12.train import Runtime
+from cifar_s12.transform import test_transform as eval_transform
+
+FP32 = Runtime.create("fp32", "cpu")
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    return load_checkpoint(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def test_split(data):
+    return subset(data, test=60).test
+
+
+@pytest.fixture(scope="module")
+def preds(loaded, test_split):
+    return predict_split(loaded, test_split, runtime=FP32)
+
+
+def lightning_style(checkpoint_path, out_path):
+    """What the Lightning module saves: weights under ``model.``, the recipe in hyper_parameters."""
+    plain = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    state = {f"model.{k}": v for k, v in plain["state_dict"].items()}
+    state["criterion.dummy"] = torch.zeros(1)  # other sub-modules of the LightningModule are not the network's
+    torch.save({"epoch": 1, "global_step": 10, "pytorch-lightning_version": "2.5.0", "state_dict": state,
+                "hyper_parameters": {"model_name": plain["model"], "model_kwargs": plain["model_kwargs"],
+                                     "config": plain["config"], "classes": plain["classes"]}}, out_path)
+    return out_path
+
+
+def test_pt_and_lightning_ckpt_load_to_the_same_model(checkpoint, tmp_path):
+    pt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(lightning_style(checkpoint, tmp_path / "last.ckpt"))
+    assert pt.classes == ckpt.classes == CLASSES and pt.model_name == ckpt.model_name == "custom_resnet"
+    assert not pt.model.training and not ckpt.model.training
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pt.model(x), ckpt.model(x), rtol=0, atol=0)
+    assert pt.config["epochs"] == 2 and pt.runtime().dtype == torch.bfloat16  # the trainer's precision, "auto"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"hello, not a checkpoint", "is not a checkpoint"),
+    (None, "does not exist"),
+])
+def test_files_that_are_not_checkpoints(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_torch_file_without_model_and_classes_is_refused(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "x.pt")
+    with pytest.raises(UserError, match="not a cifar_s12 checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    torch.save(torch.zeros(3), tmp_path / "t.pt")
+    with pytest.raises(UserError, match="not a checkpoint"):
+        load_checkpoint(tmp_path / "t.pt")
+
+
+def test_a_lightning_ckpt_with_other_weights_is_refused(checkpoint, tmp_path):
+    payload = torch.load(lightning_style(checkpoint, tmp_path / "a.ckpt"), weights_only=False)
+    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if not k.startswith("model.fc")}
+    torch.save(payload, tmp_path / "b.ckpt")
+    with pytest.raises(UserError, match="do not fit model 'custom_resnet'.*fc.weight"):
+        load_checkpoint(tmp_path / "b.ckpt")
+
+
+def test_predictions_are_one_pass_and_match_the_model(loaded, test_split, preds):
+    calls = []
+    handle = loaded.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        again = predict_split(loaded, test_split, runtime=FP32, batch_size=25)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # ceil(60 / 25) batches: every image once
+    with torch.no_grad():
+        direct = loaded.model(normalised(test_split.images))
+    torch.testing.assert_close(preds.logits, direct, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again.logits, direct, rtol=1e-4, atol=1e-5)
+    assert torch.equal(preds.labels, torch.as_tensor(test_split.labels))
+    assert torch.equal(preds.predicted, direct.argmax(1))
+    torch.testing.assert_close(preds.probabilities.sum(1), torch.ones(60))
+
+
+def test_autocast_predictions_stay_close_to_fp32(loaded, test_split, preds):
+    loader = make_loader(CifarDataset(test_split, eval_transform()), 32, train=False, num_workers=0)
+    logits, labels = collect_logits(loaded.model, loader, Runtime.create("bf16", "cpu"))
+    assert logits.dtype == torch.float32 and labels.tolist() == test_split.labels.tolist()
+    torch.testing.assert_close(logits.softmax(1), preds.probabilities, atol=0.05, rtol=0)
+
+
+def test_misclassified_are_wrong_and_most_confident_first():
+    logits = torch.tensor([[5.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+    preds = Predictions(logits, torch.tensor([1, 1, 1, 0, 0]), ("a", "b"))
+    assert preds.misclassified(10).tolist() == [0, 2, 3]
+    assert preds.misclassified(2).tolist() == [0, 2]
+    assert preds.accuracy == pytest.approx(2 / 5)
+
+
+def test_confusion_matrix_counts_every_image_and_its_diagonal_is_the_correct_ones(preds, tmp_path):
+    confusion = confusion_matrix(preds)
+    assert confusion.shape == (10, 10) and confusion.sum() == 60
+    for c in range(10):
+        is_c = preds.labels == c
+        assert confusion[c, c] == (preds.correct & is_c).sum() and confusion[c].sum() == is_c.sum()
+    rows = per_class_accuracy(confusion, CLASSES)
+    assert [r["class"] for r in rows] == list(CLASSES)
+    assert sum(r["correct"] for r in rows) == preds.correct.sum() and sum(r["total"] for r in rows) == 60
+    write_per_class_csv(rows, tmp_path / "per_class.csv")
+    lines = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert lines[0] == "class,correct,total,accuracy" and len(lines) == 11
+    name, correct, total, accuracy = lines[1].split(",")
+    assert name == "airplane" and float(accuracy) == pytest.approx(int(correct) / int(total), abs=1e-4)
+
+
+def test_gradcam_maps_have_the_input_size_and_unit_range(loaded, test_split):
+    inputs = normalised(test_split.images[:4])
+    for layer in (None, "layer2"):
+        maps = gradcam(loaded.model, inputs, [0, 1, 2, 3], layer)
+        assert maps.shape == (4, 32, 32) and maps.dtype == np.float32
+        assert maps.min() >= 0 and maps.max() <= 1 and np.isfinite(maps).all()
+    other_class = gradcam(loaded.model, inputs, [5, 5, 5, 5])
+    assert not np.allclose(other_class, gradcam(loaded.model, inputs, [0, 1, 2, 3]))
+
+
+def test_unknown_layer_lists_valid_names(loaded):
+    assert resolve_layer(loaded.model) is loaded.model.layer3[1].body[1]  # the class's cam_layer
+    with pytest.raises(UserError) as err:
+        resolve_layer(loaded.model, "layer3.9")
+    message = str(err.value)
+    assert "no layer 'layer3.9'" in message and "layer3" in message and "\n" not in message
+
+
+def test_first_per_class_gives_one_of_each_class_per_row():
+    labels = np.array([3, 1, 0, 2, 1, 0, 3, 2, 2, 0])
+    assert labels[first_per_class(labels, 2)].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+def test_load_image_converts_mode_and_size_with_a_note(tmp_path):
+    Image.new("RGBA", (64, 48), (255, 0, 0, 128)).save(tmp_path / "big.png")
+    image, note = load_image(tmp_path / "big.png")
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert "RGBA to RGB" in note and "resized from 64x48 to 32x32" in note
+    Image.new("RGB", (32, 32)).save(tmp_path / "small.png")
+    assert load_image(tmp_path / "small.png")[1] is None
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match="is not an image"):
+        load_image(tmp_path / "notes.txt")
+    with pytest.raises(UserError, match="does not exist"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_predict_probabilities_sum_to_one_and_top_k_is_sorted(loaded, test_split):
+    probabilities = predict_probabilities(loaded, list(test_split.images[:5]))
+    assert probabilities.shape == (5, 10)
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(5))
+    best = top_k(probabilities, CLASSES, k=3)
+    assert len(best) == 5 and all(len(row) == 3 for row in best)
+    for row, p in zip(best, probabilities):
+        assert [q for _, q in row] == sorted((q for _, q in row), reverse=True)
+        assert row[0] == (CLASSES[int(p.argmax())], pytest.approx(float(p.max())))

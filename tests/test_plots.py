@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar_s12.dataset import CLASSES
+from cifar_s12.plots import (cam_overlay, plot_augmented, plot_confusion_matrix, plot_curves, plot_gradcam,
+                             plot_lr_finder, plot_misclassified, plot_per_class_accuracy, plot_samples, save_figure,
+                             to_display)
+from cifar_s12.transform import AugmentConfig, train_transform
+from cifar_s12.transform import test_transform as eval_transform
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+LABELS = np.arange(12) % 10
+
+
+def image_tiles(fig) -> int:
+    return sum(1 for ax in fig.axes if ax.images)
+
+
+def saved_png(fig, path) -> Image.Image:
+    save_figure(fig, path)
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+        return image
+
+
+def test_to_display_undoes_the_normalisation():
+    x = torch.stack([eval_transform()(image=im)["image"] for im in IMAGES[:3]])
+    assert np.abs(to_display(x).astype(int) - IMAGES[:3].astype(int)).max() <= 1
+    assert to_display(IMAGES[0]).shape == (1, 32, 32, 3)
+
+
+def test_sample_and_augmentation_grids(tmp_path):
+    fig = plot_samples(IMAGES, LABELS, CLASSES, ncols=6)
+    assert image_tiles(fig) == 12 and [ax.get_title() for ax in fig.axes[:3]] == ["airplane", "automobile", "bird"]
+    saved_png(fig, tmp_path / "samples.png")
+    transform = train_transform(AugmentConfig(cutout_p=1.0), seed=0)
+    fig = plot_augmented(IMAGES, LABELS, CLASSES, transform, ncols=6)
+    assert image_tiles(fig) == 12
+    shown = fig.axes[0].images[0].get_array()
+    assert shown.shape == (32, 32, 3) and not np.array_equal(shown, IMAGES[0])  # cropped, holed: not the original
+    saved_png(fig, tmp_path / "augmented.png")
+
+
+def test_misclassified_gallery_captions_true_predicted_and_confidence(tmp_path):
+    fig = plot_misclassified(IMAGES[:7], LABELS[:7], (LABELS[:7] + 1) % 10, [0.91] * 7, CLASSES)
+    assert image_tiles(fig) == 7
+    assert fig.axes[0].get_title() == "true: airplane\npred: automobile (91%)"
+    saved_png(fig, tmp_path / "misclassified.png")
+
+
+def test_gradcam_figure_has_three_tiles_per_image(tmp_path):
+    cams = RNG.random((4, 32, 32)).astype(np.float32)
+    fig = plot_gradcam(IMAGES[:4], cams, cams[::-1], LABELS[:4], LABELS[:4] + 1, CLASSES, opacity=0.3)
+    assert image_tiles(fig) == 12
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["airplane as automobile", "CAM automobile (pred)",
+                                                       "CAM airplane (true)"]
+    saved_png(fig, tmp_path / "gradcam.png")
+
+
+def test_cam_overlay_opacity():
+    cams = np.zeros((2, 32, 32), np.float32)
+    overlay = cam_overlay(IMAGES[:2], cams, opacity=0.5)
+    assert overlay.shape == (2, 32, 32, 3) and overlay.dtype == np.uint8
+    assert not np.array_equal(overlay, cam_overlay(IMAGES[:2], cams, opacity=0.9))
+    with pytest.raises(ValueError, match="opacity"):
+        cam_overlay(IMAGES[:2], cams, opacity=1.5)
+
+
+def test_confusion_matrix_and_per_class_figures(tmp_path):
+    confusion = np.diag(np.full(10, 8)) + 1
+    fig = plot_confusion_matrix(confusion, CLASSES)
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert len(heatmaps) == 1 and len(heatmaps[0].texts) == 100 and "180 test images" in heatmaps[0].get_title()
+    saved_png(fig, tmp_path / "confusion.png")
+    rows = [{"class": c, "correct": 9, "total": 10, "accuracy": 0.9} for c in CLASSES]
+    fig = plot_per_class_accuracy(rows)
+    assert len(fig.axes[0].patches) == 10
+    saved_png(fig, tmp_path / "per_class.png")
+
+
+def test_curves_and_lr_finder_figures(tmp_path):
+    history = [{"epoch": e, "train_loss": 1 / e, "train_acc": e / 4, "test_loss": 1.1 / e, "test_acc": e / 5}
+               for e in (1, 2, 3)]
+    fig = plot_curves(history, [0.1, 0.4, 0.2])
+    assert len(fig.axes) == 3
+    saved_png(fig, tmp_path / "curves.png")
+    saved_png(plot_lr_finder([1e-4, 1e-3, 1e-2], [2.3, 2.0, 2.5], 1e-3), tmp_path / "lr.png")

@@ -1,0 +1,58 @@
+import csv
+
+import pytest
+from PIL import Image
+
+from test_cli import cli
+
+
+def assert_one_line_error(r, *fragments):
+    assert r.returncode == 2, (r.stdout, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
+def test_report_writes_every_figure_and_table(checkpoint, tmp_path):
+    out = tmp_path / "report"
+    r = cli("report", "--checkpoint", checkpoint, "--subset", "50", "-n", "6", "--layer", "layer3.1",
+            "--opacity", "0.4", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "test accuracy" in r.stdout and "layer layer3.1" in r.stdout
+    for name in ("misclassified.png", "gradcam.png", "confusion_matrix.png", "per_class.png", "curves.png",
+                 "samples.png", "augmented.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG", name
+    with open(out / "per_class.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows][:2] == ["airplane", "automobile"] and sum(int(r["total"]) for r in rows) == 50
+
+
+def test_predict_prints_top_3_and_notes_a_resize(checkpoint, data_dir, tmp_path):
+    ship = sorted((data_dir / "test" / "ship").glob("*.png"))[0]
+    Image.new("RGB", (64, 48), (20, 40, 200)).save(tmp_path / "photo.png")
+    r = cli("predict", "--checkpoint", checkpoint, ship, tmp_path / "photo.png")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith(f"{ship}: ") and lines[1].startswith("note: ") and "64x48 to 32x32" in lines[1]
+    for line in (lines[0], lines[2]):
+        pairs = [p.rsplit(" ", 1) for p in line.split(": ", 1)[1].split(", ")]
+        assert len(pairs) == 3 and all(name in r.stdout for name, _ in pairs)
+        probs = [float(p) for _, p in pairs]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.001
+
+
+@pytest.mark.parametrize("case", ["text_as_image", "missing_image", "text_as_checkpoint", "unknown_layer"])
+def test_bad_input_is_one_line_and_exit_2(case, checkpoint, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image, not a checkpoint")
+    if case == "text_as_image":
+        assert_one_line_error(cli("predict", "--checkpoint", checkpoint, text), "notes.txt", "not an image")
+    elif case == "missing_image":
+        assert_one_line_error(cli("predict", "--checkpoint", checkpoint, tmp_path / "gone.png"), "does not exist")
+    elif case == "text_as_checkpoint":
+        assert_one_line_error(cli("report", "--checkpoint", text, "--out", tmp_path / "o"), "not a checkpoint")
+    else:
+        assert_one_line_error(cli("report", "--checkpoint", checkpoint, "--layer", "layer9", "--out", tmp_path / "o"),
+                              "no layer 'layer9'", "layer3.1.body.1")
+    assert not (tmp_path / "o").exists()
