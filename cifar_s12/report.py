@@ -1,12 +1,15 @@
 """The report of a trained model: analysis.py's numbers drawn by plots.py's functions, written to one folder.
 
-``python -m cifar_s12 report`` calls ``write_report``; so do the notebooks and scripts/make_readme_figures.sh.
+``python -m cifar_s12 report`` and scripts/make_readme_figures.sh call ``write_report``; the notebooks show the
+same figures from ``data_figures``, ``mistake_figures`` and ``confusion_figures``.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+
+from matplotlib.figure import Figure
 
 from .analysis import (LoadedModel, Predictions, confusion_matrix, default_cam_layer, first_per_class, gradcam,
                        load_checkpoint, normalised, per_class_accuracy, predict_split, resolve_layer,
@@ -40,44 +43,65 @@ def write_report(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, data
     return lines
 
 
-def write_data_figures(train: Split, loaded: LoadedModel, out: Path, per_class: int = 2) -> list[str]:
-    """samples.png (training images with class names) and augmented.png (the same through the run's augmentations)."""
+# Figures as objects (the notebooks show these) ...
+def data_figures(train: Split, classes, augment, per_class: int = 2) -> dict[str, Figure]:
+    """samples (training images with class names) and augmented (the same through the training augmentations)."""
     idx = first_per_class(train.labels, per_class)
     images, labels = train.images[idx], train.labels[idx]
+    return {"samples": plot_samples(images, labels, classes),
+            "augmented": plot_augmented(images, labels, classes, train_transform(augment, seed=0))}
+
+
+def mistake_figures(loaded: LoadedModel, preds: Predictions, n: int = 20, layer: str | None = None,
+                    opacity: float = 0.5) -> dict[str, Figure]:
+    """misclassified and gradcam (for the predicted and the true class) of the ``n`` most confident errors."""
+    idx = preds.misclassified(n)
+    if len(idx) == 0:
+        return {}
+    images, true, predicted = preds.images[idx.numpy()], preds.labels[idx], preds.predicted[idx]
+    inputs = normalised(images)
+    cams_predicted = gradcam(loaded.model, inputs, predicted, layer)
+    cams_true = gradcam(loaded.model, inputs, true, layer)
+    return {"misclassified": plot_misclassified(images, true, predicted, preds.confidence[idx], preds.classes),
+            "gradcam": plot_gradcam(images, cams_predicted, cams_true, true, predicted, preds.classes, opacity)}
+
+
+def confusion_figures(preds: Predictions) -> tuple[dict[str, Figure], list[dict]]:
+    """confusion_matrix and per_class figures, and the per-class rows they show."""
+    confusion = confusion_matrix(preds)
+    rows = per_class_accuracy(confusion, preds.classes)
+    return {"confusion_matrix": plot_confusion_matrix(confusion, preds.classes),
+            "per_class": plot_per_class_accuracy(rows)}, rows
+
+
+# ... and written to files (the CLI and README's figures).
+def _save_all(figures: dict[str, Figure], out: Path) -> str:
+    for name, fig in figures.items():
+        save_figure(fig, out / f"{name}.png")
+    return ", ".join(str(out / f"{name}.png") for name in figures)
+
+
+def write_data_figures(train: Split, loaded: LoadedModel, out: Path, per_class: int = 2) -> list[str]:
     augment = TrainConfig.from_dict(loaded.config).augment
-    save_figure(plot_samples(images, labels, loaded.classes), out / "samples.png")
-    save_figure(plot_augmented(images, labels, loaded.classes, train_transform(augment, seed=0)),
-                out / "augmented.png")
-    return [f"wrote {out / 'samples.png'} and {out / 'augmented.png'} ({len(idx)} training images)"]
+    written = _save_all(data_figures(train, loaded.classes, augment, per_class), out)
+    return [f"wrote {written} ({per_class * len(loaded.classes)} training images)"]
 
 
 def write_mistakes(loaded: LoadedModel, preds: Predictions, out: Path, n: int = 20, layer: str | None = None,
                    opacity: float = 0.5) -> list[str]:
-    """misclassified.png and gradcam.png (for the predicted and the true class) of the ``n`` most confident errors."""
-    idx = preds.misclassified(n)
-    if len(idx) == 0:
+    figures = mistake_figures(loaded, preds, n, layer, opacity)
+    if not figures:
         return ["no misclassified images: misclassified.png and gradcam.png not written"]
-    images, true, predicted = preds.images[idx.numpy()], preds.labels[idx], preds.predicted[idx]
-    save_figure(plot_misclassified(images, true, predicted, preds.confidence[idx], preds.classes),
-                out / "misclassified.png")
-    inputs = normalised(images)
-    cams_predicted = gradcam(loaded.model, inputs, predicted, layer)
-    cams_true = gradcam(loaded.model, inputs, true, layer)
-    save_figure(plot_gradcam(images, cams_predicted, cams_true, true, predicted, preds.classes, opacity),
-                out / "gradcam.png")
-    return [f"wrote {out / 'misclassified.png'} and {out / 'gradcam.png'} "
-            f"({len(idx)} images, layer {layer or default_cam_layer(loaded.model)})"]
+    return [f"wrote {_save_all(figures, out)} ({min(n, int((~preds.correct).sum()))} images, "
+            f"layer {layer or default_cam_layer(loaded.model)})"]
 
 
 def write_confusion(preds: Predictions, out: Path) -> list[str]:
-    """confusion_matrix.png, per_class.csv and per_class.png."""
-    confusion = confusion_matrix(preds)
-    rows = per_class_accuracy(confusion, preds.classes)
-    save_figure(plot_confusion_matrix(confusion, preds.classes), out / "confusion_matrix.png")
+    """confusion_matrix.png, per_class.png and per_class.csv."""
+    figures, rows = confusion_figures(preds)
     write_per_class_csv(rows, out / "per_class.csv")
-    save_figure(plot_per_class_accuracy(rows), out / "per_class.png")
     worst = min(rows, key=lambda r: r["accuracy"])
-    return [f"wrote {out / 'confusion_matrix.png'}, {out / 'per_class.csv'}, {out / 'per_class.png'} "
+    return [f"wrote {_save_all(figures, out)}, {out / 'per_class.csv'} "
             f"(weakest class: {worst['class']} {worst['accuracy']:.3f})"]
 
 
