@@ -88,3 +88,11 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], suggested_lr: 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_lr_finders(results: dict) -> Figure:
+    """Several LR range tests side by side, e.g. torch-lr-finder and Lightning's: ``{title: LRFindResult}``."""
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
+    for ax, (title, r) in zip(axes.flat, results.items()):
+        plot_lr_finder(r.lrs, r.losses, r.suggested_lr, ax=ax, title=title)
+    return fig
