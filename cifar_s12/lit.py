@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -310,39 +311,51 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     log = rank_zero_only(log)  # DDP runs this function in every process; one of them talks
     if resume is not None:
         cfg = resume_config(read_resume_checkpoint(resume), cfg)
-    out = Path(out_dir)
-    history = EpochHistory()
-    trainer = build_trainer(cfg, out, history, devices, accelerator, strategy,
-                            max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
-    if cfg.max_lr is None and trainer.world_size > 1:
-        raise UserError("--find-lr needs a single device (each process would find its own LR): run lr-find, "
-                        "then pass --max-lr")
-    datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # few workers per process is deliberate
-
-    seed_everything(cfg.seed)
-    model = build_model_for(cfg)
-    lr_result = None
-    if cfg.max_lr is None:
-        lr_result = range_test(lr_finder, cfg, model, datamodule, accelerator)
-        log(f"LR range test ({lr_finder}) suggests max_lr = {lr_result.suggested_lr:.3g}")
-        cfg = replace(cfg, max_lr=lr_result.suggested_lr)
-        seed_everything(cfg.seed)  # training starts from the same random state with or without the range test
-    module = CifarLitModule.from_config(cfg, model=model)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    test_acc_tta = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"] if cfg.tta else None
-
+    out, history = Path(out_dir), EpochHistory()
+    with _torch_determinism_restored():  # the Trainer's deterministic=True is process-wide
+        trainer = build_trainer(cfg, out, history, devices, accelerator, strategy,
+                                max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
+        datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data)
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")  # few workers per process is deliberate
+        module, lr_result = _module_with_max_lr(cfg, datamodule, trainer, lr_finder, accelerator, log)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        tta = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"] if module.cfg.tta else None
     if not trainer.is_global_zero:
         return RunResult({}, module.model, lr_result, is_global_zero=False)
-    metrics = new_metrics("lightning", cfg, module.model, describe_trainer(trainer), datamodule.data)
+    metrics = new_metrics("lightning", module.cfg, module.model, describe_trainer(trainer), datamodule.data)
     for row in history.history:
         record_epoch(metrics, row, history.lrs, wall_start)
-    if test_acc_tta is not None:
-        metrics["final_test_accuracy_tta"] = test_acc_tta
+    if tta is not None:
+        metrics["final_test_accuracy_tta"] = tta
     metrics["wall_seconds"] = time.perf_counter() - wall_start
-    save_outputs(out, module.model, cfg, datamodule.data.classes, metrics)
+    save_outputs(out, module.model, module.cfg, datamodule.data.classes, metrics)
     save_run_figures(out, metrics, lr_result)
     return RunResult(metrics, module.model, lr_result)
+
+
+def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: pl.Trainer, lr_finder: str,
+                        accelerator: str, log) -> tuple[CifarLitModule, LRFindResult | None]:
+    """The seeded model, with the max LR of an LR range test first when the recipe has none (as train.fit)."""
+    seed_everything(cfg.seed)
+    model = build_model_for(cfg)
+    if cfg.max_lr is not None:
+        return CifarLitModule.from_config(cfg, model=model), None
+    if trainer.world_size > 1:
+        raise UserError("--find-lr needs a single device (each process would find its own LR): run lr-find, "
+                        "then pass --max-lr")
+    result = range_test(lr_finder, cfg, model, datamodule, accelerator)
+    log(f"LR range test ({LR_FINDERS[lr_finder]}) suggests max_lr = {result.suggested_lr:.3g}")
+    seed_everything(cfg.seed)  # training starts from the same random state with or without the range test
+    return CifarLitModule.from_config(replace(cfg, max_lr=result.suggested_lr), model=model), result
+
+
+@contextmanager
+def _torch_determinism_restored():
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def describe_trainer(trainer: pl.Trainer) -> str:
