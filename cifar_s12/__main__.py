@@ -120,7 +120,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         by_epoch = ", ".join(f"{v:.0f}" for v in s[name]["images_per_second_by_epoch"])
         print(f"{name:9s} final test accuracy {s[name]['final_test_accuracy']:.4f} | "
               f"{s[name]['images_per_second']:.1f} images/s in training (by epoch: {by_epoch}) | "
-              f"{s[name]['wall_seconds']:.0f} s")
+              f"{s[name]['wall_seconds']:.0f} s wall, {s[name]['cpu_seconds']:.0f} s CPU")
     print(f"lightning / torch throughput: {s['throughput_ratio']:.3f}; accuracy difference "
           f"{100 * s['accuracy_difference']:+.2f} points (wrote {args.out}/compare.json)")
 

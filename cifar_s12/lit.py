@@ -366,17 +366,34 @@ def describe_trainer(trainer: pl.Trainer) -> str:
 # Parity and overhead: both trainers, same seed and recipe
 def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
     """Train ``cfg`` with the plain loop, then with Lightning (one device), on the same data; write and return the
-    two final test accuracies, the mean training images/s over the epochs and Lightning's share of plain's."""
+    two final test accuracies, the mean training images/s over the epochs and Lightning's share of plain's.
+
+    Also the CPU seconds each whole run used (this process and its loader workers): on a shared machine wall-clock
+    speed depends on the neighbours, CPU time much less, so it tells overhead from contention.
+    """
     out = Path(out_dir)
     data = load_cifar10(cfg.data_dir, download=cfg.download)  # loaded once; each trainer takes the same subset
-    runs = {"torch": fit(cfg, out / "torch", data=data, log=log).metrics,
-            "lightning": fit_lightning(cfg, out / "lightning", data=data, accelerator="auto", log=log).metrics}
-    summary = {name: {"final_test_accuracy": m["final_test_accuracy"],
-                      "images_per_second": sum(h["images_per_second"] for h in m["history"]) / len(m["history"]),
-                      "images_per_second_by_epoch": [h["images_per_second"] for h in m["history"]],
-                      "wall_seconds": m["wall_seconds"]} for name, m in runs.items()}
+    runs = {"torch": lambda: fit(cfg, out / "torch", data=data, log=log),
+            "lightning": lambda: fit_lightning(cfg, out / "lightning", data=data, log=log)}
+    summary = {}
+    for name, run in runs.items():
+        cpu_before = _cpu_seconds()
+        m = run().metrics
+        summary[name] = {"final_test_accuracy": m["final_test_accuracy"],
+                         "images_per_second": sum(h["images_per_second"] for h in m["history"]) / len(m["history"]),
+                         "images_per_second_by_epoch": [h["images_per_second"] for h in m["history"]],
+                         "wall_seconds": m["wall_seconds"], "cpu_seconds": _cpu_seconds() - cpu_before}
     summary["throughput_ratio"] = summary["lightning"]["images_per_second"] / summary["torch"]["images_per_second"]
     summary["accuracy_difference"] = (summary["lightning"]["final_test_accuracy"]
                                       - summary["torch"]["final_test_accuracy"])
     write_json(out / "compare.json", summary)
     return summary
+
+
+def _cpu_seconds() -> float:
+    import gc
+    import resource
+
+    gc.collect()  # frees the finished run's loaders, so their worker processes exit and count as children
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
