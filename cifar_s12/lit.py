@@ -368,8 +368,8 @@ def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) ->
     """Train ``cfg`` with the plain loop, then with Lightning (one device), on the same data; write and return the
     two final test accuracies, the mean training images/s over the epochs and Lightning's share of plain's.
 
-    Also the CPU seconds each whole run used (this process and its loader workers): on a shared machine wall-clock
-    speed depends on the neighbours, CPU time much less, so it tells overhead from contention.
+    Also the CPU seconds each whole run used (this process and its loader workers), beside the wall-clock numbers.
+    On a shared machine both grow with the neighbours' load (idle threads spin), so compare runs made together.
     """
     out = Path(out_dir)
     data = load_cifar10(cfg.data_dir, download=cfg.download)  # loaded once; each trainer takes the same subset
