@@ -1,5 +1,6 @@
-"""The command line: ``python -m cifar_s12 {train,lr-find,report,predict} ...``. Parses flags and calls the package; no
-training logic of its own. A UserError (missing data, bad file, unknown name) becomes one line on stderr and exit 2.
+"""The command line: ``python -m cifar_s12 {train,lr-find,compare,bench,report,predict} ...``.
+
+Parses flags and calls the package; no training logic of its own. A UserError (missing data, bad file, unknown name) becomes one line on stderr and exit 2.
 """
 from __future__ import annotations
 
@@ -72,35 +73,81 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from .plots import plot_curves, plot_lr_finder, save_figure
-    from .train import fit
+LIGHTNING_FLAGS = {"devices": "--devices", "accelerator": "--accelerator", "strategy": "--strategy",
+                   "resume": "--resume", "fast_dev_run": "--fast-dev-run", "stop_after": "--stop-after"}
 
+
+def _check_trainer_flags(args: argparse.Namespace) -> None:
+    given = [flag for name, flag in LIGHTNING_FLAGS.items() if getattr(args, name) not in (None, False)]
+    if args.trainer != "lightning" and (given or args.lr_finder == "lightning"):
+        raise UserError(f"{', '.join(given or ['--lr-finder lightning'])} need --trainer lightning")
+    if args.lr_finder and not args.find_lr:
+        raise UserError("--lr-finder chooses the range test of --find-lr; pass --find-lr too")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    _check_trainer_flags(args)
     cfg = _config(args)
     out = Path(args.out)
-    result = fit(cfg, out_dir=out)
-    save_figure(plot_curves(result.metrics["history"], result.metrics["lr_schedule"]), out / "curves.png")
-    if result.lr_find:
-        r = result.lr_find
-        save_figure(plot_lr_finder(r.lrs, r.losses, r.suggested_lr), out / "lr_finder.png")
-    print(f"final test accuracy {result.metrics['final_test_accuracy']:.4f} in "
-          f"{result.metrics['wall_seconds']:.0f} s; wrote {out}/metrics.json, model.pt, curves.png")
+    if args.trainer == "lightning":
+        from .lit import fit_lightning
+
+        result = fit_lightning(cfg, out, devices=args.devices or 1, accelerator=args.accelerator or "auto",
+                               strategy=args.strategy or "auto", resume=args.resume, stop_after=args.stop_after,
+                               fast_dev_run=args.fast_dev_run, lr_finder=args.lr_finder or "torch")
+    else:
+        from .train import fit
+
+        result = fit(cfg, out_dir=out)
+    if result.is_global_zero:  # under DDP every process returns here; one reports
+        print(f"final test accuracy {result.metrics['final_test_accuracy']:.4f} in "
+              f"{result.metrics['wall_seconds']:.0f} s; wrote {out}/metrics.json, model.pt, curves.png")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from .plots import plot_lr_finder, save_figure
-    from .train import Runtime, build_loaders, build_model_for, find_lr, prepare_data
-    from .utils import seed_everything
+    from .lit import LR_FINDERS, range_tests
+    from .plots import plot_lr_finder, plot_lr_finders, save_figure
 
-    cfg = _config(args)
-    seed_everything(cfg.seed)
-    runtime = Runtime.create(cfg.precision)
-    train_loader, _ = build_loaders(cfg, prepare_data(cfg))
-    model = runtime.prepare(build_model_for(cfg))
-    result = find_lr(model, train_loader, cfg, runtime, start_lr=args.start_lr, end_lr=args.end_lr,
-                     num_iter=args.num_iter)
-    save_figure(plot_lr_finder(result.lrs, result.losses, result.suggested_lr), args.plot)
-    print(f"suggested max LR: {result.suggested_lr:.4g} (plot: {args.plot})")
+    kinds = list(LR_FINDERS) if args.lr_finder == "both" else [args.lr_finder]
+    results = range_tests(kinds, _config(args), start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter)
+    if len(results) == 1:
+        (result,) = results.values()
+        save_figure(plot_lr_finder(result.lrs, result.losses, result.suggested_lr), args.plot)
+    else:
+        save_figure(plot_lr_finders({LR_FINDERS[k]: r for k, r in results.items()}), args.plot)
+    found = ", ".join(f"{r.suggested_lr:.4g}" + (f" ({LR_FINDERS[k]})" if len(results) > 1 else "")
+                      for k, r in results.items())
+    print(f"suggested max LR: {found} (plot: {args.plot})")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .lit import compare_trainers
+
+    s = compare_trainers(_config(args), args.out)
+    for name in ("torch", "lightning"):
+        by_epoch = ", ".join(f"{v:.0f}" for v in s[name]["images_per_second_by_epoch"])
+        print(f"{name:9s} final test accuracy {s[name]['final_test_accuracy']:.4f} | "
+              f"{s[name]['images_per_second']:.1f} images/s in training (by epoch: {by_epoch}) | "
+              f"{s[name]['wall_seconds']:.0f} s wall, {s[name]['cpu_seconds']:.0f} s CPU")
+    print(f"lightning / torch throughput: {s['throughput_ratio']:.3f}; accuracy difference "
+          f"{100 * s['accuracy_difference']:+.2f} points (wrote {args.out}/compare.json)")
+
+
+def _devices(text: str) -> int | str:
+    return int(text) if text.isdigit() else text  # a count, "auto", or Lightning's list of indices "0,1"
+
+
+def _add_lightning_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Lightning (with --trainer lightning)")
+    g.add_argument("--lr-finder", choices=["torch", "lightning"],
+                   help="with --find-lr: torch-lr-finder (default) or Lightning's Tuner.lr_find")
+    g.add_argument("--devices", type=_devices, help="devices (processes) to train on: N, 'auto' (default: 1)")
+    g.add_argument("--accelerator", help="cpu, gpu, mps or auto (default: auto)")
+    g.add_argument("--strategy", help="e.g. ddp for several devices (default: auto)")
+    g.add_argument("--resume", metavar="CKPT", help="continue a run from its OUT/checkpoints/last.ckpt")
+    g.add_argument("--stop-after", type=_positive_int, metavar="N",
+                   help="stop after N epochs, keeping the schedule of --epochs (finish later with --resume)")
+    g.add_argument("--fast-dev-run", action="store_true", help="one training and one validation batch, no logs")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -152,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--find-lr", action="store_true", help="choose the peak LR with an LR range test first")
     p.add_argument("--tta", action="store_true", default=None, help="also report flip-TTA test accuracy")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--trainer", choices=["torch", "lightning"], default="torch",
+                   help="plain PyTorch loop (default) or PyTorch Lightning; same recipe and outputs")
+    _add_lightning_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("lr-find", help="LR range test: print the suggested max LR and save the plot")
@@ -160,7 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end-lr", type=_positive_float, default=10.0)
     p.add_argument("--num-iter", type=_positive_int, default=100)
     p.add_argument("--plot", default="lr_finder.png", help="where to save the plot (default: lr_finder.png)")
+    p.add_argument("--lr-finder", choices=["torch", "lightning", "both"], default="torch",
+                   help="torch-lr-finder (default), Lightning's Tuner.lr_find, or both side by side")
     p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("compare", help="train with both trainers (same seed and recipe); print accuracy and speed")
+    _add_recipe_flags(p)
+    p.add_argument("--max-lr", type=_positive_float, help="OneCycle peak LR (default: the recipe's)")
+    p.add_argument("--out", required=True, help="output folder (torch/, lightning/, compare.json)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="measure training-step (fast path vs fp32 baseline) and loader throughput")
     p.add_argument("--model", choices=sorted(MODELS), default="custom_resnet")

@@ -90,6 +90,15 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], suggested_lr: 
     return fig
 
 
+def plot_lr_finders(results: dict) -> Figure:
+    """Several LR range tests side by side, e.g. torch-lr-finder and Lightning's: ``{title: LRFindResult}``."""
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
+    for ax, (title, r) in zip(axes.flat, results.items()):
+        plot_lr_finder(r.lrs, r.losses, r.suggested_lr, ax=ax, title=title)
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The data, and what the model makes of it (inputs come from analysis.py: Predictions, GradCAM maps, confusion)
 def plot_samples(images: np.ndarray, labels: Sequence[int], classes: Sequence[str], ncols: int = 10,

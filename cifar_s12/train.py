@@ -194,13 +194,19 @@ def evaluate(model, loader, criterion, runtime: Runtime, tta: bool = False, desc
     for x, y in tqdm(loader, desc=desc, leave=False, mininterval=1.0, dynamic_ncols=True):
         x, y = runtime.inputs(x), y.to(runtime.device, non_blocking=True)
         with runtime.autocast():
-            logits = model(x).float()
-            if tta:
-                logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+            logits = predict_logits(model, x, tta)
         loss_sum += criterion(logits, y) * len(y)
         seen += len(y)
         accuracy.update(logits, y)
     return {"test_loss": loss_sum.item() / seen, "test_acc": accuracy.compute().item()}
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """fp32 logits; with ``tta`` the average of the image's and its mirror image's."""
+    logits = model(x).float()
+    if tta:
+        logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+    return logits
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -210,12 +216,14 @@ class RunResult:
     metrics: dict
     model: nn.Module
     lr_find: LRFindResult | None = None
+    is_global_zero: bool = True  # False in the other processes of a multi-process (DDP) run: they write nothing
 
 
 def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | None = None,
         runtime: Runtime | None = None, log=print) -> RunResult:
     """Train ``cfg`` and evaluate after each epoch. With ``out_dir``: ``model.pt`` and ``metrics.json`` are
-    (re)written atomically after every epoch, so an interrupted run keeps its last complete epoch."""
+    (re)written atomically after every epoch, so an interrupted run keeps its last complete epoch; ``curves.png``
+    (and ``lr_finder.png``) at the end."""
     wall_start = time.perf_counter()
     seed_everything(cfg.seed)
     runtime = runtime or Runtime.create(cfg.precision)
@@ -239,32 +247,66 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
     criterion = build_criterion(cfg)
     lr_schedule = planned_lrs(cfg, cfg.max_lr, len(train_loader))
     out = Path(out_dir) if out_dir else None
-    metrics = {"trainer": "torch", "model": cfg.model, "parameters": count_parameters(model),
-               "device": runtime.describe(), "data_source": data.source, "train_images": len(data.train),
-               "test_images": len(data.test), "config": cfg.to_dict(), "history": [], "lr_schedule": []}
+    metrics = new_metrics("torch", cfg, model, runtime.describe(), data)
     for epoch in range(1, cfg.epochs + 1):
         stats = train_epoch(model, train_loader, optimizer, scheduler, criterion, runtime,
                             desc=f"epoch {epoch}/{cfg.epochs}")
         stats.update(evaluate(model, test_loader, criterion, runtime))
         row = {"epoch": epoch, **stats}
-        metrics["history"].append(row)
-        metrics["lr_schedule"] = lr_schedule[:epoch * len(train_loader)]
-        log(f"epoch {epoch:2d}/{cfg.epochs} | train loss {row['train_loss']:.3f} acc {row['train_acc']:.4f} | "
-            f"test loss {row['test_loss']:.3f} acc {row['test_acc']:.4f} | lr {row['lr']:.3g} | "
-            f"{row['images_per_second']:.0f} img/s, {row['epoch_seconds']:.0f} s")
-        metrics.update(final_test_accuracy=row["test_acc"], epochs_completed=epoch,
-                       wall_seconds=time.perf_counter() - wall_start)
+        record_epoch(metrics, row, lr_schedule[:epoch * len(train_loader)], wall_start)
+        log(format_epoch(row, cfg.epochs))
         if out:
-            save_checkpoint(out / "model.pt", model, cfg.model, cfg.model_kwargs(), cfg.to_dict(), data.classes,
-                            epoch=epoch, trainer="torch")
-            write_json(out / "metrics.json", metrics)
+            save_outputs(out, model, cfg, data.classes, metrics)
     if cfg.tta:
         metrics["final_test_accuracy_tta"] = evaluate(model, test_loader, criterion, runtime, tta=True)["test_acc"]
         log(f"test accuracy with flip TTA: {metrics['final_test_accuracy_tta']:.4f}")
     metrics["wall_seconds"] = time.perf_counter() - wall_start
     if out:
         write_json(out / "metrics.json", metrics)
+        save_run_figures(out, metrics, lr_result)
     return RunResult(metrics, model, lr_result)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics.json, model.pt and the figures: one schema and one writer for both trainers
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_second",
+                "epoch_seconds")
+
+
+def new_metrics(trainer: str, cfg: TrainConfig, model: nn.Module, device: str, data: CifarData) -> dict:
+    """The head of metrics.json; ``record_epoch`` fills in the rest as epochs finish."""
+    return {"trainer": trainer, "model": cfg.model, "parameters": count_parameters(model), "device": device,
+            "data_source": data.source, "train_images": len(data.train), "test_images": len(data.test),
+            "config": cfg.to_dict(), "history": [], "lr_schedule": []}
+
+
+def record_epoch(metrics: dict, row: dict, lr_schedule: list[float], wall_start: float) -> None:
+    """Append one history row (the HISTORY_KEYS of ``row``, in that order) and update the run's totals."""
+    metrics["history"].append({key: row[key] for key in HISTORY_KEYS})
+    metrics.update(lr_schedule=lr_schedule, final_test_accuracy=row["test_acc"], epochs_completed=row["epoch"],
+                   wall_seconds=time.perf_counter() - wall_start)
+
+
+def format_epoch(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']:2d}/{epochs} | train loss {row['train_loss']:.3f} acc {row['train_acc']:.4f} | "
+            f"test loss {row['test_loss']:.3f} acc {row['test_acc']:.4f} | lr {row['lr']:.3g} | "
+            f"{row['images_per_second']:.0f} img/s, {row['epoch_seconds']:.0f} s")
+
+
+def save_outputs(out: Path, model: nn.Module, cfg: TrainConfig, classes, metrics: dict) -> None:
+    """``model.pt`` and ``metrics.json``, each written atomically."""
+    save_checkpoint(out / "model.pt", model, cfg.model, cfg.model_kwargs(), cfg.to_dict(), classes,
+                    epoch=metrics["epochs_completed"], trainer=metrics["trainer"])
+    write_json(out / "metrics.json", metrics)
+
+
+def save_run_figures(out: Path, metrics: dict, lr_find: LRFindResult | None = None) -> None:
+    """``curves.png``, and ``lr_finder.png`` when the max LR came from a range test."""
+    from .plots import plot_curves, plot_lr_finder, save_figure
+
+    save_figure(plot_curves(metrics["history"], metrics["lr_schedule"]), out / "curves.png")
+    if lr_find:
+        save_figure(plot_lr_finder(lr_find.lrs, lr_find.losses, lr_find.suggested_lr), out / "lr_finder.png")
 
 
 def planned_lrs(cfg: TrainConfig, max_lr: float, steps_per_epoch: int) -> list[float]:

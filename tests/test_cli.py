@@ -15,7 +15,7 @@ def cli(*args, env=None):
                           cwd=REPO_DIR, env=full_env, timeout=600)
 
 
-@pytest.mark.parametrize("command", ["train", "lr-find"])
+@pytest.mark.parametrize("command", ["train", "lr-find", "compare"])
 def test_help(command):
     r = cli(command, "--help")
     assert r.returncode == 0 and "--data-dir" in r.stdout and "--subset" in r.stdout

@@ -1,0 +1,399 @@
+"""The Lightning trainer: the package's model, data and OneCycle schedule, with PyTorch Lightning running the loop.
+
+Nothing here re-derives the recipe: the model, optimizer, OneCycle, criterion and DataLoaders come from train.py's
+builders, and metrics.json / model.pt / curves.png from its writers, so both trainers produce the same outputs.
+Read top to bottom: LightningModule -> DataModule -> history callback -> Trainer -> LR range tests -> fit_lightning
+-> compare_trainers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ModelSummary, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .config import TrainConfig
+from .dataset import CLASSES, CifarData, load_cifar10
+from .errors import UserError
+from .model import NUM_CLASSES, build_model
+from .train import (LRFindResult, RunResult, Runtime, build_criterion, build_loaders, build_model_for,
+                    build_optimizer, build_scheduler, find_lr, fit, format_epoch, new_metrics, predict_logits,
+                    prepare_data, record_epoch, save_outputs, save_run_figures, steepest_descent_lr)
+from .utils import lightning_precision, pick_device, seed_everything, write_json
+
+# The LR range tests: torch-lr-finder (shared with the plain trainer) or Lightning's Tuner.lr_find.
+LR_FINDERS = {"torch": "torch-lr-finder", "lightning": "Lightning Tuner.lr_find"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The LightningModule
+class CifarLitModule(pl.LightningModule):
+    """Any model of the factory (``self.model``, so state_dict keys start with ``model.``) trained with the recipe.
+
+    The constructor's arguments are the saved hyper-parameters, so ``CifarLitModule.load_from_checkpoint(path)``
+    rebuilds the model from a ``.ckpt`` alone. ``model`` (not saved) hands in an already built network instead.
+    """
+
+    def __init__(self, model_name: str, model_kwargs: dict, config: dict, classes: list[str],
+                 model: nn.Module | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.cfg = TrainConfig.from_dict(config)
+        self.model = model if model is not None else build_model(model_name, **model_kwargs)
+        self.criterion = build_criterion(self.cfg)
+        self.train_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
+        self.memory_format = torch.contiguous_format
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, classes=CLASSES, model: nn.Module | None = None) -> "CifarLitModule":
+        return cls(cfg.model, cfg.model_kwargs(), cfg.to_dict(), list(classes), model=model)
+
+    def setup(self, stage: str) -> None:
+        # Mixed precision goes with channels_last, as in the plain trainer (Runtime.memory_format).
+        if self.trainer.precision != "32-true":
+            self.memory_format = torch.channels_last
+            self.model.to(memory_format=self.memory_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(memory_format=self.memory_format))
+
+    def _loss_and_logits(self, batch, tta: bool = False):
+        x, y = batch
+        logits = predict_logits(self, x, tta)  # fp32 logits, as the plain loop feeds the loss
+        return self.criterion(logits, y), logits, y
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, logits, y = self._loss_and_logits(batch)
+        batch_acc = self.train_acc(logits, y)  # this batch's accuracy; also accumulates the epoch's
+        # Per step: this process's values for the progress bar (and TensorBoard), no cross-process sync each step.
+        self.log_dict({"train_loss_step": loss, "train_acc_step": batch_acc}, on_step=True, on_epoch=False,
+                      prog_bar=True)
+        # Per epoch: averaged over all images of all processes.
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y))
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, logits, y = self._loss_and_logits(batch)
+        self.val_acc.update(logits, y)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
+        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        """Like validation; with the recipe's ``tta`` the logits of each image and its mirror image are averaged."""
+        loss, logits, y = self._loss_and_logits(batch, tta=self.cfg.tta)
+        self.test_acc.update(logits, y)
+        self.log("test_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(y))
+        self.log("test_acc", self.test_acc, on_epoch=True)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.cfg)
+        max_lr = self.cfg.max_lr if self.cfg.max_lr is not None else optimizer.defaults["lr"]
+        scheduler = build_scheduler(optimizer, self.cfg, max_lr, self._steps_per_epoch())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        # Optimizer steps per epoch in this process (its share of the data under DDP). OneCycle spans the recipe's
+        # cfg.epochs even when the Trainer stops earlier (max_epochs < cfg.epochs), so a resumed run continues it.
+        return max(1, math.ceil(self.trainer.estimated_stepping_batches / max(self.trainer.max_epochs, 1)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The LightningDataModule
+class CifarDataModule(pl.LightningDataModule):
+    """CIFAR-10 from dataset.py with train.py's subsets and loaders; validation and test use the test split (as the
+    course does). ``data`` hands in arrays already loaded (notebooks, the trainer comparison)."""
+
+    def __init__(self, cfg: TrainConfig, data: CifarData | None = None):
+        super().__init__()
+        self.cfg, self.given = cfg, data
+        self.data: CifarData | None = None
+        self.loaders = None
+
+    def prepare_data(self) -> None:
+        # Once per machine, before the processes start loading: download, or decode the image folder into the cache.
+        if self.given is None:
+            load_cifar10(self.cfg.data_dir, download=self.cfg.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is None:  # each process loads once (from the cache) whatever stages follow
+            self.data = prepare_data(self.cfg, self.given)
+            self.loaders = build_loaders(self.cfg, self.data)
+            if len(self.loaders[0]) == 0:
+                raise UserError(f"no training batches: {len(self.data.train)} images with batch size "
+                                f"{self.cfg.batch_size}")
+
+    def train_dataloader(self):
+        return self.loaders[0]
+
+    def val_dataloader(self):
+        return self.loaders[1]
+
+    def test_dataloader(self):
+        return self.loaders[1]
+
+
+def workers_per_process(cfg: TrainConfig, processes: int) -> int | None:
+    """Loader workers when each of ``processes`` (DDP) has its own loader and the user did not say: the cores left
+    after one per process for the model, shared out (0 on 2 cores), so the machine is not oversubscribed."""
+    if cfg.num_workers is not None or processes <= 1:
+        return cfg.num_workers
+    return max(0, (os.cpu_count() or 1) // processes - 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics.json's history, measured the way the plain loop measures it
+class EpochHistory(Callback):
+    """One history row per epoch (the keys of train.HISTORY_KEYS) and the LR of every step.
+
+    images_per_second = training images (all processes) / wall time of the training part of the epoch, as in
+    train.train_epoch. Its state is saved in checkpoints, so a resumed run's metrics.json has every epoch.
+    """
+
+    def __init__(self):
+        self.history: list[dict] = []
+        self.lrs: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._images, self._seconds, self._start = 0, 0.0, time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])  # the LR of this step (OneCycle steps after it)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._images += len(batch[1])
+        if trainer.strategy.root_device.type == "cuda" and batch_idx == trainer.num_training_batches - 1:
+            torch.cuda.synchronize()
+        self._seconds = time.perf_counter() - self._start
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Runs after validation and before ModelCheckpoint (a "monitoring" callback), so a checkpoint has this row.
+        m = trainer.callback_metrics
+        self.history.append({
+            "epoch": trainer.current_epoch + 1, "train_loss": float(m["train_loss"]),
+            "train_acc": float(m["train_acc"]), "test_loss": float(m["val_loss"]), "test_acc": float(m["val_acc"]),
+            "lr": self.lrs[-1], "images_per_second": self._images * trainer.world_size / self._seconds,
+            "epoch_seconds": self._seconds})
+        pl_module.print(format_epoch(self.history[-1], pl_module.cfg.epochs))  # rank 0, above the progress bar
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "lrs": self.lrs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history, self.lrs = list(state_dict["history"]), list(state_dict["lrs"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Trainer
+def accelerator_device(accelerator: str = "auto") -> torch.device:
+    """The kind of device Lightning's ``accelerator`` runs on, for choosing the precision."""
+    return pick_device(None if accelerator == "auto" else {"gpu": "cuda"}.get(accelerator, accelerator))
+
+
+def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: int | str = 1, accelerator: str = "auto",
+                  strategy: str = "auto", max_epochs: int | None = None, fast_dev_run: bool = False) -> pl.Trainer:
+    """The defaults a Lightning user expects: TensorBoard + CSV logs under ``out``, LR monitor, best-val-accuracy
+    and last checkpoints in ``out/checkpoints``, progress bar, model summary, the package's precision choice."""
+    checkpoints = out / "checkpoints"
+    best = ModelCheckpoint(dirpath=checkpoints, filename="best-{epoch}-{val_acc:.4f}", monitor="val_acc", mode="max",
+                           save_on_train_epoch_end=True)  # at epoch end, after EpochHistory: the ckpt has its row
+    # last.ckpt from a checkpoint of its own: since Lightning 2.6, save_last=True on `best` writes last.ckpt only in
+    # epochs that also save a best one, so it would not be the last epoch.
+    last = ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False, save_on_train_epoch_end=True)
+    return pl.Trainer(
+        accelerator=accelerator, devices=devices, strategy=strategy,
+        precision=lightning_precision(accelerator_device(accelerator), cfg.precision),
+        max_epochs=max_epochs or cfg.epochs, fast_dev_run=fast_dev_run, deterministic=cfg.seed is not None,
+        # version_N per run, so a resumed run adds its logs beside the first part's instead of replacing them
+        logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="csv")],
+        callbacks=[history, LearningRateMonitor(logging_interval="step"), best, last, ModelSummary(max_depth=2),
+                   TQDMProgressBar()],
+        log_every_n_steps=10, default_root_dir=out)
+
+
+def read_resume_checkpoint(path: str | os.PathLike) -> dict:
+    """The hyper-parameters of a ``.ckpt`` written by this trainer; a UserError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint file at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserError(f"--resume: {path} is not a checkpoint ({type(err).__name__})") from None
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if "config" not in hparams or "loops" not in ckpt:
+        raise UserError(f"--resume: {path} is not a Lightning checkpoint of this trainer; pass "
+                        f"OUT/checkpoints/last.ckpt of a --trainer lightning run")
+    return hparams
+
+
+def resume_config(hparams: dict, cfg: TrainConfig) -> TrainConfig:
+    """A resumed run keeps the checkpoint's recipe (so the OneCycle plan is the same); only where the data is and
+    how it is loaded come from the new command line."""
+    return replace(TrainConfig.from_dict(hparams["config"]), data_dir=cfg.data_dir, download=cfg.download,
+                   num_workers=cfg.num_workers)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LR range tests: torch-lr-finder (as the plain trainer) or Lightning's Tuner.lr_find
+def lightning_lr_find(cfg: TrainConfig, model: nn.Module, datamodule: CifarDataModule, accelerator: str = "auto",
+                      start_lr: float = 1e-5, end_lr: float = 10.0, num_iter: int = 100) -> LRFindResult:
+    """Lightning's exponential range test on one device; ``model``'s weights are restored afterwards."""
+    from pytorch_lightning.tuner import Tuner
+
+    module = CifarLitModule.from_config(cfg, model=model)
+    with tempfile.TemporaryDirectory() as tmp:  # Tuner keeps the initial weights in a checkpoint file there
+        trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=num_iter, max_epochs=num_iter,
+                             precision=lightning_precision(accelerator_device(accelerator), cfg.precision),
+                             logger=False, enable_checkpointing=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, default_root_dir=tmp)
+        finder = Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=start_lr, max_lr=end_lr,
+                                        num_training=num_iter, update_attr=False)
+    lrs, losses = [float(v) for v in finder.results["lr"]], [float(v) for v in finder.results["loss"]]
+    suggestion = finder.suggestion()
+    return LRFindResult(suggestion if suggestion is not None else steepest_descent_lr(lrs, losses), lrs, losses)
+
+
+def range_test(kind: str, cfg: TrainConfig, model: nn.Module, datamodule: CifarDataModule,
+               accelerator: str = "auto", **limits) -> LRFindResult:
+    """Run the LR range test ``kind`` (see LR_FINDERS) from ``model``'s current weights, which it leaves as found.
+    ``limits``: start_lr, end_lr, num_iter."""
+    if kind == "lightning":
+        return lightning_lr_find(cfg, model, datamodule, accelerator, **limits)
+    if kind != "torch":
+        raise UserError(f"unknown LR finder {kind!r}; choose from {', '.join(LR_FINDERS)}")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    runtime = Runtime.create(cfg.precision, accelerator_device(accelerator).type)
+    return find_lr(runtime.prepare(model), datamodule.train_dataloader(), cfg, runtime, **limits)
+
+
+def range_tests(kinds, cfg: TrainConfig, accelerator: str = "auto", **limits) -> dict[str, LRFindResult]:
+    """Each range test of ``kinds`` from the same seeded initial weights and data, for comparing them."""
+    datamodule = CifarDataModule(cfg)
+    results = {}
+    for kind in kinds:
+        seed_everything(cfg.seed)
+        results[kind] = range_test(kind, cfg, build_model_for(cfg), datamodule, accelerator, **limits)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The whole run
+def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData | None = None, devices: int | str = 1,
+                  accelerator: str = "auto", strategy: str = "auto", resume: str | os.PathLike | None = None,
+                  stop_after: int | None = None, fast_dev_run: bool = False, lr_finder: str = "torch",
+                  log=print) -> RunResult:
+    """Train ``cfg`` with Lightning. Writes (on rank 0) the plain trainer's ``metrics.json`` (plus
+    ``"trainer": "lightning"``), ``model.pt`` and ``curves.png`` to ``out_dir``, and Lightning's own outputs below
+    it: ``tensorboard/``, ``csv/metrics.csv``, ``checkpoints/{best-...,last}.ckpt``.
+
+    ``stop_after``: stop after that many epochs, keeping the OneCycle plan of ``cfg.epochs`` (finish the run with
+    ``resume=out_dir/checkpoints/last.ckpt``). ``lr_finder``: which range test picks the max LR when ``cfg.max_lr``
+    is None.
+    """
+    wall_start = time.perf_counter()
+    log = rank_zero_only(log)  # DDP runs this function in every process; one of them talks
+    if resume is not None:
+        cfg = resume_config(read_resume_checkpoint(resume), cfg)
+    out, history = Path(out_dir), EpochHistory()
+    with _torch_determinism_restored():  # the Trainer's deterministic=True is process-wide
+        trainer = build_trainer(cfg, out, history, devices, accelerator, strategy,
+                                max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
+        datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data)
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")  # few workers per process is deliberate
+        module, lr_result = _module_with_max_lr(cfg, datamodule, trainer, lr_finder, accelerator, log)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        tta = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"] if module.cfg.tta else None
+    if not trainer.is_global_zero:
+        return RunResult({}, module.model, lr_result, is_global_zero=False)
+    metrics = new_metrics("lightning", module.cfg, module.model, describe_trainer(trainer), datamodule.data)
+    for row in history.history:
+        record_epoch(metrics, row, history.lrs, wall_start)
+    if tta is not None:
+        metrics["final_test_accuracy_tta"] = tta
+    metrics["wall_seconds"] = time.perf_counter() - wall_start
+    save_outputs(out, module.model, module.cfg, datamodule.data.classes, metrics)
+    save_run_figures(out, metrics, lr_result)
+    return RunResult(metrics, module.model, lr_result)
+
+
+def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: pl.Trainer, lr_finder: str,
+                        accelerator: str, log) -> tuple[CifarLitModule, LRFindResult | None]:
+    """The seeded model, with the max LR of an LR range test first when the recipe has none (as train.fit)."""
+    seed_everything(cfg.seed)
+    model = build_model_for(cfg)
+    if cfg.max_lr is not None:
+        return CifarLitModule.from_config(cfg, model=model), None
+    if trainer.world_size > 1:
+        raise UserError("--find-lr needs a single device (each process would find its own LR): run lr-find, "
+                        "then pass --max-lr")
+    result = range_test(lr_finder, cfg, model, datamodule, accelerator)
+    log(f"LR range test ({LR_FINDERS[lr_finder]}) suggests max_lr = {result.suggested_lr:.3g}")
+    seed_everything(cfg.seed)  # training starts from the same random state with or without the range test
+    return CifarLitModule.from_config(replace(cfg, max_lr=result.suggested_lr), model=model), result
+
+
+@contextmanager
+def _torch_determinism_restored():
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def describe_trainer(trainer: pl.Trainer) -> str:
+    return f"{trainer.strategy.root_device.type} x{trainer.world_size}, {trainer.precision}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parity and overhead: both trainers, same seed and recipe
+def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
+    """Train ``cfg`` with the plain loop, then with Lightning (one device), on the same data; write and return the
+    two final test accuracies, the mean training images/s over the epochs and Lightning's share of plain's.
+
+    Also the CPU seconds each whole run used (this process and its loader workers), beside the wall-clock numbers.
+    On a shared machine both grow with the neighbours' load (idle threads spin), so compare runs made together.
+    """
+    out = Path(out_dir)
+    data = load_cifar10(cfg.data_dir, download=cfg.download)  # loaded once; each trainer takes the same subset
+    runs = {"torch": lambda: fit(cfg, out / "torch", data=data, log=log),
+            "lightning": lambda: fit_lightning(cfg, out / "lightning", data=data, log=log)}
+    summary = {}
+    for name, run in runs.items():
+        cpu_before = _cpu_seconds()
+        m = run().metrics
+        summary[name] = {"final_test_accuracy": m["final_test_accuracy"],
+                         "images_per_second": sum(h["images_per_second"] for h in m["history"]) / len(m["history"]),
+                         "images_per_second_by_epoch": [h["images_per_second"] for h in m["history"]],
+                         "wall_seconds": m["wall_seconds"], "cpu_seconds": _cpu_seconds() - cpu_before}
+    summary["throughput_ratio"] = summary["lightning"]["images_per_second"] / summary["torch"]["images_per_second"]
+    summary["accuracy_difference"] = (summary["lightning"]["final_test_accuracy"]
+                                      - summary["torch"]["final_test_accuracy"])
+    write_json(out / "compare.json", summary)
+    return summary
+
+
+def _cpu_seconds() -> float:
+    import gc
+    import resource
+
+    gc.collect()  # frees the finished run's loaders, so their worker processes exit and count as children
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)

@@ -1,0 +1,116 @@
+"""The Lightning trainer: module, data module, outputs (via the CLI), DDP on 2 CPU processes, resume, LR finders."""
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from test_cli import cli
+
+from cifar_s12.config import make_config
+from cifar_s12.lit import CifarDataModule, CifarLitModule, fit_lightning
+from cifar_s12.train import HISTORY_KEYS, planned_lrs
+
+# Small and quick: a few hundred images, batches of 32-64, 1-3 epochs, no loader workers (the CPU is shared).
+TINY = dict(subset=256, test_subset=128, batch_size=64, max_lr=0.05, num_workers=0)
+TINY_FLAGS = ["--subset", "256", "--test-subset", "128", "--batch-size", "64", "--max-lr", "0.05", "--workers", "0"]
+
+
+def test_module_saves_the_hparams_a_loader_needs():
+    cfg = make_config("best", **TINY)
+    module = CifarLitModule.from_config(cfg)
+    assert module.hparams["model_name"] == "custom_resnet" and module.hparams["model_kwargs"] == cfg.model_kwargs()
+    assert module.hparams["config"] == cfg.to_dict() and len(module.hparams["classes"]) == 10
+    assert all(key.startswith("model.") for key in module.state_dict())
+    loss = module.training_step((torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))), 0)
+    assert loss.ndim == 0 and loss.requires_grad
+
+
+def test_datamodule_sizes_and_val_is_the_test_split(data):
+    dm = CifarDataModule(make_config("best", subset=300, test_subset=100, batch_size=64, num_workers=0), data)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_dataloader().dataset) == 300 and len(dm.train_dataloader()) == 300 // 64  # full batches
+    assert len(dm.val_dataloader().dataset) == 100 and dm.test_dataloader() is dm.val_dataloader()
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (64, 3, 32, 32) and y.dtype == torch.int64
+
+
+def test_optimizer_is_the_recipes_onecycle_stepped_per_batch(data, tmp_path):
+    cfg = make_config("best", epochs=3, **TINY)
+    module = CifarLitModule.from_config(cfg)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=CifarDataModule(cfg, data))
+    (config,) = trainer.lr_scheduler_configs
+    assert config.interval == "step" and isinstance(config.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"]
+    # OneCycle spans the recipe's 3 epochs of (here) 2 batches, whatever max_epochs the Trainer stops at.
+    assert config.scheduler.total_steps == 3 * 2
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(planned_lrs(cfg, cfg.max_lr, 2)[2])  # after 2 steps
+
+
+def test_cli_lightning_writes_the_plain_trainers_outputs_and_lightnings_logs(tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", "--trainer", "lightning", "--epochs", "1", *TINY_FLAGS, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["trainer"] == "lightning" and 0 <= metrics["final_test_accuracy"] <= 1
+    assert [tuple(h) for h in metrics["history"]] == [HISTORY_KEYS]
+    assert metrics["history"][0]["images_per_second"] > 0 and metrics["wall_seconds"] > 0
+    assert {"final_test_accuracy", "history", "lr_schedule", "wall_seconds", "config"} <= set(metrics)
+    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+    assert ckpt["model"] == "custom_resnet" and ckpt["epoch"] == 1 and ckpt["trainer"] == "lightning"
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((out / "tensorboard").glob("version_0/events.out.tfevents.*"))
+    assert "val_acc" in (out / "csv" / "version_0" / "metrics.csv").read_text()
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert {"model_name", "model_kwargs", "config", "classes"} <= set(last["hyper_parameters"])
+    assert all(key.startswith("model.") for key in last["state_dict"])
+
+
+def test_ddp_on_two_cpu_processes_writes_one_metrics_json(tmp_path):
+    out = tmp_path / "ddp"
+    r = cli("train", "--trainer", "lightning", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
+            "--epochs", "1", *TINY_FLAGS, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["device"].startswith("cpu x2") and len(metrics["history"]) == 1
+    assert r.stdout.count("final test accuracy") == 1  # only rank 0 reports
+    # Two processes of 2 batches each: the accuracy counts all 256 images (synchronised), not one process's 128.
+    assert metrics["history"][0]["train_acc"] * 256 == pytest.approx(round(metrics["history"][0]["train_acc"] * 256))
+
+
+def test_resume_continues_the_onecycle_schedule(data, tmp_path):
+    cfg = make_config("best", epochs=3, **{**TINY, "subset": 128, "test_subset": 64, "batch_size": 32})
+    first = fit_lightning(cfg, tmp_path, data=data, stop_after=2, log=lambda *_: None).metrics
+    assert [h["epoch"] for h in first["history"]] == [1, 2]
+    resumed = fit_lightning(cfg, tmp_path, data=data, resume=tmp_path / "checkpoints" / "last.ckpt",
+                            log=lambda *_: None).metrics
+    steps = 128 // 32
+    plan = planned_lrs(cfg, cfg.max_lr, steps)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert resumed["lr_schedule"][2 * steps] == pytest.approx(plan[2 * steps])  # first step after resuming
+    np.testing.assert_allclose(resumed["lr_schedule"], plan)
+
+
+def test_lr_finders_side_by_side_plot(tmp_path):
+    plot = tmp_path / "both.png"
+    r = cli("lr-find", "--lr-finder", "both", "--subset", "128", "--batch-size", "32", "--num-iter", "8",
+            "--workers", "0", "--plot", plot)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torch-lr-finder" in r.stdout and "Lightning" in r.stdout
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trainer", "lightning", "--resume", "nothing.ckpt"], "error: --resume: no checkpoint file"),
+    (["--trainer", "lightning", "--resume", "README.md"], "error: --resume: README.md is not a checkpoint"),
+    (["--devices", "2"], "error: --devices need --trainer lightning"),
+])
+def test_errors_are_one_line_and_exit_2(args, message, tmp_path):
+    r = cli("train", *args, "--out", tmp_path / "run")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(message), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
