@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt  # without a display matplotlib falls back to Agg; notebooks keep inline
@@ -174,5 +175,39 @@ def plot_per_class_accuracy(rows: Sequence[dict]) -> Figure:
     ax.set(ylabel="accuracy", title="accuracy per class")
     ax.tick_params(axis="x", rotation=45)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def read_csv_log(path: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
+    """Lightning's CSVLogger ``metrics.csv`` -> {metric: [(step, value), ...]} (each row holds a few metrics)."""
+    import csv
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key not in ("epoch", "step") and value not in ("", None):
+                    series.setdefault(key, []).append((float(row["step"]), float(value)))
+    return series
+
+
+def plot_csv_log(path: str | os.PathLike) -> Figure:
+    """What Lightning logged, by optimizer step: per-step and per-epoch loss and accuracy, and the LR."""
+    series = read_csv_log(path)
+    panels = [("loss", ["train_loss_step", "train_loss", "val_loss"]),
+              ("accuracy", ["train_acc_step", "train_acc", "val_acc"]),
+              ("learning rate", sorted(k for k in series if k.startswith("lr-")))]
+    fig, axes = plt.subplots(1, 3, figsize=(13.8, 3.4))
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            if key in series:
+                steps, values = zip(*series[key])
+                style = {"lw": 0.8, "alpha": 0.5} if key.endswith("_step") else {"marker": "o", "ms": 3}
+                ax.plot(steps, values, label=key, **style)
+        ax.set(xlabel="step", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Lightning CSV log: {Path(path).parent.name}/{Path(path).name}", fontsize=9)
     fig.tight_layout()
     return fig

@@ -89,3 +89,18 @@ def test_curves_and_lr_finder_figures(tmp_path):
     assert len(fig.axes) == 3
     saved_png(fig, tmp_path / "curves.png")
     saved_png(plot_lr_finder([1e-4, 1e-3, 1e-2], [2.3, 2.0, 2.5], 1e-3), tmp_path / "lr.png")
+
+
+def test_lightning_csv_log_is_read_per_metric_and_plotted(tmp_path):
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,lr-SGD,step,train_acc,train_acc_step,train_loss,train_loss_step,val_acc,val_loss\n"
+                   ",0.04,9,,,,,,\n0,,9,,0.25,,2.09,,\n0,,18,,,,,0.31,1.9\n0,,18,0.28,,2.0,,,\n"
+                   ",0.02,19,,,,,,\n1,,37,,,,,0.38,1.71\n")
+    from cifar_s12.plots import plot_csv_log, read_csv_log
+
+    series = read_csv_log(log)
+    assert series["val_acc"] == [(18.0, 0.31), (37.0, 0.38)] and series["lr-SGD"] == [(9.0, 0.04), (19.0, 0.02)]
+    assert "epoch" not in series and "step" not in series
+    fig = plot_csv_log(log)
+    assert [len(ax.lines) for ax in fig.axes] == [3, 3, 1]
+    saved_png(fig, tmp_path / "log.png")
