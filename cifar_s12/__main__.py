@@ -1,4 +1,4 @@
-"""The command line: ``python -m cifar_s12 {train,lr-find,compare,bench,report,predict} ...``.
+"""The command line: ``python -m cifar_s12 {train,lr-find,compare,bench,results,report,predict} ...``.
 
 Parses flags and calls the package; no training logic of its own. A UserError (missing data, bad file, unknown name) becomes one line on stderr and exit 2.
 """
@@ -168,6 +168,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
         write_json(args.json, result)
 
 
+def cmd_results(args: argparse.Namespace) -> None:
+    from .results import load_runs, markdown_table, summarise
+
+    runs = load_runs(args.dir)
+    if not runs:
+        raise UserError(f"no finished runs in {args.dir} (copy a run's metrics.json there)")
+    print(markdown_table(summarise(runs)))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
@@ -230,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, dest="num_workers")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("results", help="the README results table from committed runs (results/*.json)")
+    p.add_argument("--dir", default="results", help="folder of metrics.json copies (default: results)")
+    p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("report", help="figures and tables of a trained model on the test set, written to --out")
     p.add_argument("--checkpoint", required=True, help="model.pt from train, or a Lightning .ckpt")

@@ -18,7 +18,7 @@ from .dataset import CifarData, CifarDataset, load_cifar10, make_loader, subset
 from .errors import UserError
 from .model import build_model, count_parameters
 from .transform import test_transform, train_transform
-from .utils import autocast_dtype, pick_device, save_checkpoint, seed_everything, write_json
+from .utils import autocast_dtype, cli_command, pick_device, save_checkpoint, seed_everything, write_json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def new_metrics(trainer: str, cfg: TrainConfig, model: nn.Module, device: str, d
     """The head of metrics.json; ``record_epoch`` fills in the rest as epochs finish."""
     return {"trainer": trainer, "model": cfg.model, "parameters": count_parameters(model), "device": device,
             "data_source": data.source, "train_images": len(data.train), "test_images": len(data.test),
-            "config": cfg.to_dict(), "history": [], "lr_schedule": []}
+            "config": cfg.to_dict(), "command": cli_command(), "history": [], "lr_schedule": []}
 
 
 def record_epoch(metrics: dict, row: dict, lr_schedule: list[float], wall_start: float) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +18,14 @@ from torch import nn
 from .errors import UserError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def cli_command() -> str | None:
+    """The ``python -m cifar_s12 ...`` command that started this process (recorded in metrics.json), else None."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "__main__.py" and argv0.parent.name == "cifar_s12":
+        return shlex.join(["python", "-m", "cifar_s12", *sys.argv[1:]])
+    return None
 
 
 def seed_everything(seed: int) -> None:

@@ -56,6 +56,7 @@ def test_train_writes_metrics_checkpoint_and_curves(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["final_test_accuracy"] <= 1 and metrics["wall_seconds"] > 0
     assert metrics["config"]["epochs"] == 2 and metrics["config"]["max_lr"] == 0.05
+    assert metrics["command"].startswith("python -m cifar_s12 train --epochs 2")
     assert [sorted(h) for h in metrics["history"]] == [sorted(
         ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_second",
          "epoch_seconds"])] * 2

@@ -33,3 +33,18 @@ def test_a_file_that_is_not_a_run(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(UserError, match="not a metrics.json"):
         load_runs(tmp_path)
+
+
+def test_results_command_prints_the_table(tmp_path):
+    import subprocess
+    import sys
+
+    from cifar_s12.dataset import REPO_DIR
+
+    (tmp_path / "torch-best-seed1.json").write_text(json.dumps(_run(1, 0.9412)))
+    r = subprocess.run([sys.executable, "-m", "cifar_s12", "results", "--dir", str(tmp_path)], capture_output=True,
+                       text=True, cwd=REPO_DIR)
+    assert r.returncode == 0 and "| torch | best | 24 | 50,000 | 1 | 94.12 ± 0.00" in r.stdout
+    empty = subprocess.run([sys.executable, "-m", "cifar_s12", "results", "--dir", str(tmp_path / "none")],
+                           capture_output=True, text=True, cwd=REPO_DIR)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: no finished runs")
