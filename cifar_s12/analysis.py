@@ -22,7 +22,7 @@ from .errors import UserError
 from .model import build_model
 from .train import Runtime
 from .transform import test_transform
-from .utils import CHECKPOINT_FORMAT, atomic_path
+from .utils import CHECKPOINT_FORMAT, atomic_path, read_checkpoint_file
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
     model_name / model_kwargs / config / classes as the plain payload, and whose weights are prefixed ``model.``.
     """
     path = Path(path)
-    payload = _read_torch_file(path)
+    payload = read_checkpoint_file(path)
     if payload.get("format") == CHECKPOINT_FORMAT:
         name, kwargs, config, classes = (payload["model"], payload["model_kwargs"], payload["config"],
                                          payload["classes"])
@@ -68,20 +68,6 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         detail = " ".join(line.strip() for line in str(err).splitlines()[1:])  # line 0 only says "Error(s)"
         raise UserError(f"{path}: its weights do not fit model {name!r}: {detail[:300]}") from None
     return LoadedModel(model.eval(), name, tuple(classes), dict(config), path)
-
-
-def _read_torch_file(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        # weights_only=False: Lightning may store its hyper-parameters as an AttributeDict, which the safe
-        # unpickler refuses; the file is the user's own training output.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(f"{path} is not a checkpoint: torch.load failed ({type(err).__name__})") from None
-    if not isinstance(payload, dict):
-        raise UserError(f"{path} is not a checkpoint: it holds a {type(payload).__name__}, not a dict")
-    return payload
 
 
 def _build(name: str, kwargs: dict, path: Path) -> nn.Module:

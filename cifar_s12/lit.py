@@ -31,7 +31,7 @@ from .model import NUM_CLASSES, build_model
 from .train import (LRFindResult, RunResult, Runtime, build_criterion, build_loaders, build_model_for,
                     build_optimizer, build_scheduler, find_lr, fit, format_epoch, new_metrics, predict_logits,
                     prepare_data, record_epoch, save_outputs, save_run_figures, steepest_descent_lr)
-from .utils import lightning_precision, pick_device, seed_everything, write_json
+from .utils import lightning_precision, pick_device, read_checkpoint_file, seed_everything, write_json
 
 # The LR range tests: torch-lr-finder (shared with the plain trainer) or Lightning's Tuner.lr_find.
 LR_FINDERS = {"torch": "torch-lr-finder", "lightning": "Lightning Tuner.lr_find"}
@@ -228,14 +228,8 @@ def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: i
 
 def read_resume_checkpoint(path: str | os.PathLike) -> dict:
     """The hyper-parameters of a ``.ckpt`` written by this trainer; a UserError for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--resume: no checkpoint file at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(f"--resume: {path} is not a checkpoint ({type(err).__name__})") from None
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    ckpt = read_checkpoint_file(path, context="--resume: ")
+    hparams = ckpt.get("hyper_parameters", {})
     if "config" not in hparams or "loops" not in ckpt:
         raise UserError(f"--resume: {path} is not a Lightning checkpoint of this trainer; pass "
                         f"OUT/checkpoints/last.ckpt of a --trainer lightning run")

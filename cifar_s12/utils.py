@@ -103,3 +103,21 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, 
                "model_kwargs": model_kwargs, "config": config, "classes": list(classes), **extra}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def read_checkpoint_file(path: str | os.PathLike, context: str = "") -> dict:
+    """A torch checkpoint file as a dict, or a UserError that says what is wrong (``context`` prefixes it).
+
+    weights_only=False: Lightning may store its hyper-parameters as an AttributeDict, which the safe unpickler
+    refuses; the file is the user's own training output.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{context}checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserError(f"{context}{path} is not a checkpoint: torch.load failed ({type(err).__name__})") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{context}{path} is not a checkpoint: it holds a {type(payload).__name__}, not a dict")
+    return payload

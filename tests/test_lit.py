@@ -106,7 +106,7 @@ def test_lr_finders_side_by_side_plot(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--trainer", "lightning", "--resume", "nothing.ckpt"], "error: --resume: no checkpoint file"),
+    (["--trainer", "lightning", "--resume", "nothing.ckpt"], "error: --resume: checkpoint nothing.ckpt does not exist"),
     (["--trainer", "lightning", "--resume", "README.md"], "error: --resume: README.md is not a checkpoint"),
     (["--devices", "2"], "error: --devices need --trainer lightning"),
 ])
