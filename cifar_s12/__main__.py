@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -50,7 +65,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--optimizer", choices=["sgd", "adam"])
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--weight-decay", type=_non_negative_float)
     p.add_argument("--label-smoothing", type=_fraction)
     p.add_argument("--dropout", type=_fraction)
     p.add_argument("--data-dir", help="CIFAR-10 location: torchvision's files (downloaded if missing) or an "
@@ -62,7 +77,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=PRECISIONS,
                    help="auto (default): bf16 autocast + channels_last on CPU, fp16/bf16 on CUDA; fp32 turns it off")
-    p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader workers (default: CPU count, max 8)")
+    p.add_argument("--workers", type=_non_negative_int, dest="num_workers",
+                   help="DataLoader workers (default: CPU count, max 8)")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -83,12 +99,32 @@ def _check_trainer_flags(args: argparse.Namespace) -> None:
         raise UserError(f"{', '.join(given or ['--lr-finder lightning'])} need --trainer lightning")
     if args.lr_finder and not args.find_lr:
         raise UserError("--lr-finder chooses the range test of --find-lr; pass --find-lr too")
+    if args.resume:
+        # A resumed run continues the checkpoint's recipe and OneCycle plan; only where the data is may change.
+        kept = {"recipe", "data_dir", "download", "num_workers"}
+        recipe_flags = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
+                        if f.name not in kept and getattr(args, f.name, None) not in (None, False)]
+        recipe_flags += [flag for flag, on in (("--max-lr", args.max_lr), ("--find-lr", args.find_lr)) if on]
+        if recipe_flags or args.recipe != "best":
+            raise UserError(f"--resume continues the checkpoint's recipe; drop {', '.join(recipe_flags) or '--recipe'}")
+
+
+def _check_out_dir(path: str) -> Path:
+    """Check --out before any work, so a bad path fails now and not after the first epoch (nothing is created yet:
+    a run that fails on its data leaves no empty folder behind)."""
+    out = Path(path)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot use --out {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"cannot use --out {out}: {existing} is not writable")
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     _check_trainer_flags(args)
     cfg = _config(args)
-    out = Path(args.out)
+    out = _check_out_dir(args.out)
     if args.trainer == "lightning":
         from .lit import fit_lightning
 
@@ -233,10 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=sorted(MODELS), default="custom_resnet")
     p.add_argument("--batch-size", type=_positive_int, default=512)
     p.add_argument("--steps", type=_positive_int, default=4, help="timed training steps per variant")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed steps first")
     p.add_argument("--loader-batches", type=_positive_int, default=20)
     p.add_argument("--data-dir")
-    p.add_argument("--workers", type=int, dest="num_workers")
+    p.add_argument("--workers", type=_non_negative_int, dest="num_workers")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
 

@@ -13,7 +13,7 @@ import torch
 from .config import TrainConfig
 from .dataset import CifarData, CifarDataset, default_num_workers, load_cifar10, make_loader
 from .model import build_model
-from .train import Runtime, build_criterion, build_optimizer
+from .train import Runtime, build_criterion, build_optimizer, train_step
 from .transform import train_transform
 
 
@@ -35,12 +35,7 @@ def train_step_throughput(cfg: TrainConfig, runtime: Runtime, batch_size: int, s
         if i == warmup:  # the first steps pick kernels and allocate: not representative
             _sync(runtime.device)
             start = time.perf_counter()
-        with runtime.autocast():
-            loss = criterion(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        runtime.scaler.scale(loss).backward()
-        runtime.scaler.step(optimizer)
-        runtime.scaler.update()
+        train_step(model, x, y, optimizer, criterion, runtime)
     _sync(runtime.device)
     return steps * batch_size / (time.perf_counter() - start)
 

@@ -21,6 +21,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ModelSummary, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -133,9 +134,14 @@ class CifarDataModule(pl.LightningDataModule):
         if self.data is None:  # each process loads once (from the cache) whatever stages follow
             self.data = prepare_data(self.cfg, self.given)
             self.loaders = build_loaders(self.cfg, self.data)
-            if len(self.loaders[0]) == 0:
-                raise UserError(f"no training batches: {len(self.data.train)} images with batch size "
-                                f"{self.cfg.batch_size}")
+            processes = self.trainer.world_size if self.trainer is not None else 1
+            if len(self.loaders[0]) < processes:  # under DDP each process takes its share of the batches
+                raise UserError(f"too few training batches: {len(self.data.train)} images with batch size "
+                                f"{self.cfg.batch_size} give {len(self.loaders[0])} for {processes} process(es)")
+
+    def rebuild_loaders(self) -> None:
+        if self.data is not None:
+            self.loaders = build_loaders(self.cfg, self.data)
 
     def train_dataloader(self):
         return self.loaders[0]
@@ -164,9 +170,10 @@ class EpochHistory(Callback):
     train.train_epoch. Its state is saved in checkpoints, so a resumed run's metrics.json has every epoch.
     """
 
-    def __init__(self):
+    def __init__(self, after_epoch=None):
         self.history: list[dict] = []
         self.lrs: list[float] = []
+        self.after_epoch = after_epoch  # called on rank 0 with (trainer, pl_module) once the row is recorded
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._images, self._seconds, self._start = 0, 0.0, time.perf_counter()
@@ -189,6 +196,8 @@ class EpochHistory(Callback):
             "lr": self.lrs[-1], "images_per_second": self._images * trainer.world_size / self._seconds,
             "epoch_seconds": self._seconds})
         pl_module.print(format_epoch(self.history[-1], pl_module.cfg.epochs))  # rank 0, above the progress bar
+        if self.after_epoch is not None and trainer.is_global_zero:
+            self.after_epoch(trainer, pl_module)
 
     def state_dict(self) -> dict:
         return {"history": self.history, "lrs": self.lrs}
@@ -215,15 +224,18 @@ def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: i
     # epochs that also save a best one, so it would not be the last epoch.
     last = ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1,
                            enable_version_counter=False, save_on_train_epoch_end=True)
-    return pl.Trainer(
-        accelerator=accelerator, devices=devices, strategy=strategy,
-        precision=lightning_precision(accelerator_device(accelerator), cfg.precision),
-        max_epochs=max_epochs or cfg.epochs, fast_dev_run=fast_dev_run, deterministic=cfg.seed is not None,
-        # version_N per run, so a resumed run adds its logs beside the first part's instead of replacing them
-        logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="csv")],
-        callbacks=[history, LearningRateMonitor(logging_interval="step"), best, last, ModelSummary(max_depth=2),
-                   TQDMProgressBar()],
-        log_every_n_steps=10, default_root_dir=out)
+    try:
+        return pl.Trainer(
+            accelerator=accelerator, devices=devices, strategy=strategy,
+            precision=lightning_precision(accelerator_device(accelerator), cfg.precision),
+            max_epochs=max_epochs or cfg.epochs, fast_dev_run=fast_dev_run, deterministic=cfg.seed is not None,
+            # version_N per run, so a resumed run adds its logs beside the first part's instead of replacing them
+            logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="csv")],
+            callbacks=[history, LearningRateMonitor(logging_interval="step"), best, last, ModelSummary(max_depth=2),
+                       TQDMProgressBar()],
+            log_every_n_steps=10, default_root_dir=out)
+    except (MisconfigurationException, ValueError) as err:  # e.g. --accelerator gpu without a GPU, --devices 0, a bad --strategy
+        raise UserError(f"Lightning cannot set up this run: {str(err).splitlines()[0]}") from None
 
 
 def read_resume_checkpoint(path: str | os.PathLike) -> dict:
@@ -305,7 +317,20 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     log = rank_zero_only(log)  # DDP runs this function in every process; one of them talks
     if resume is not None:
         cfg = resume_config(read_resume_checkpoint(resume), cfg)
-    out, history = Path(out_dir), EpochHistory()
+    out = Path(out_dir)
+
+    def run_metrics(trainer: pl.Trainer, module: CifarLitModule) -> dict:
+        metrics = new_metrics("lightning", module.cfg, module.model, describe_trainer(trainer), datamodule.data,
+                              datamodule.train_dataloader().num_workers)
+        for row in history.history:
+            record_epoch(metrics, row, history.lrs, wall_start)
+        return metrics
+
+    def save_epoch(trainer: pl.Trainer, module: CifarLitModule) -> None:
+        # As the plain loop: metrics.json and model.pt after every epoch, so an interrupted run keeps its last one.
+        save_outputs(out, module.model, module.cfg, datamodule.data.classes, run_metrics(trainer, module))
+
+    history = EpochHistory(after_epoch=save_epoch)
     with _torch_determinism_restored():  # the Trainer's deterministic=True is process-wide
         trainer = build_trainer(cfg, out, history, devices, accelerator, strategy,
                                 max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
@@ -316,9 +341,7 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
         tta = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"] if module.cfg.tta else None
     if not trainer.is_global_zero:
         return RunResult({}, module.model, lr_result, is_global_zero=False)
-    metrics = new_metrics("lightning", module.cfg, module.model, describe_trainer(trainer), datamodule.data)
-    for row in history.history:
-        record_epoch(metrics, row, history.lrs, wall_start)
+    metrics = run_metrics(trainer, module)
     if tta is not None:
         metrics["final_test_accuracy_tta"] = tta
     metrics["wall_seconds"] = time.perf_counter() - wall_start
@@ -339,7 +362,8 @@ def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: 
                         "then pass --max-lr")
     result = range_test(lr_finder, cfg, model, datamodule, accelerator)
     log(f"LR range test ({LR_FINDERS[lr_finder]}) suggests max_lr = {result.suggested_lr:.3g}")
-    seed_everything(cfg.seed)  # training starts from the same random state with or without the range test
+    seed_everything(cfg.seed)  # training starts from the same random state with or without the range test ...
+    datamodule.rebuild_loaders()  # ... and from fresh loaders (the test advanced their random streams)
     return CifarLitModule.from_config(replace(cfg, max_lr=result.suggested_lr), model=model), result
 
 
@@ -374,7 +398,9 @@ def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) ->
         cpu_before = _cpu_seconds()
         m = run().metrics
         summary[name] = {"final_test_accuracy": m["final_test_accuracy"],
-                         "images_per_second": sum(h["images_per_second"] for h in m["history"]) / len(m["history"]),
+                         # all training images over all training seconds (not a mean of per-epoch rates)
+                         "images_per_second": (sum(h["images_per_second"] * h["epoch_seconds"] for h in m["history"])
+                                               / sum(h["epoch_seconds"] for h in m["history"])),
                          "images_per_second_by_epoch": [h["images_per_second"] for h in m["history"]],
                          "wall_seconds": m["wall_seconds"], "cpu_seconds": _cpu_seconds() - cpu_before}
     summary["throughput_ratio"] = summary["lightning"]["images_per_second"] / summary["torch"]["images_per_second"]

@@ -207,7 +207,10 @@ def plot_csv_log(path: str | os.PathLike) -> Figure:
                 ax.plot(steps, values, label=key, **style)
         ax.set(xlabel="step", title=title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:  # e.g. a run shorter than log_every_n_steps logs no per-step values
+            ax.text(0.5, 0.5, "nothing logged", ha="center", va="center", transform=ax.transAxes, color="gray")
     fig.suptitle(f"Lightning CSV log: {Path(path).parent.name}/{Path(path).name}", fontsize=9)
     fig.tight_layout()
     return fig

@@ -154,6 +154,18 @@ def steepest_descent_lr(lrs: list[float], losses: list[float], skip_start: int =
 
 # ----------------------------------------------------------------------------------------------------------------
 # One epoch of training, one pass of evaluation
+def train_step(model, x, y, optimizer, criterion, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch already on the device; returns the loss and the logits."""
+    with runtime.autocast():
+        logits = model(x)
+        loss = criterion(logits.float(), y)  # the loss in fp32 whatever the autocast dtype
+    optimizer.zero_grad(set_to_none=True)
+    runtime.scaler.scale(loss).backward()  # a no-op scaler unless fp16
+    runtime.scaler.step(optimizer)
+    runtime.scaler.update()
+    return loss, logits
+
+
 def train_epoch(model, loader, optimizer, scheduler, criterion, runtime: Runtime, desc: str = "train") -> dict:
     model.train()
     accuracy = MulticlassAccuracy(num_classes=10, average="micro").to(runtime.device)
@@ -162,13 +174,7 @@ def train_epoch(model, loader, optimizer, scheduler, criterion, runtime: Runtime
     start = time.perf_counter()
     for step, (x, y) in enumerate(bar):
         x, y = runtime.inputs(x), y.to(runtime.device, non_blocking=True)
-        with runtime.autocast():
-            logits = model(x)
-            loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        runtime.scaler.scale(loss).backward()
-        runtime.scaler.step(optimizer)
-        runtime.scaler.update()
+        loss, logits = train_step(model, x, y, optimizer, criterion, runtime)
         lr = optimizer.param_groups[0]["lr"]  # the LR this step used (after the last step OneCycle overshoots)
         scheduler.step()
         loss_sum += loss.detach() * len(y)  # stays on the device: no sync per step
@@ -240,14 +246,17 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
         lr_result = find_lr(model, train_loader, cfg, runtime, num_iter=min(100, 3 * len(train_loader)))
         log(f"LR range test suggests max_lr = {lr_result.suggested_lr:.3g}")
         cfg = replace(cfg, max_lr=lr_result.suggested_lr)
-        seed_everything(cfg.seed)  # training starts from the same random state with or without the range test
+        # Training starts from the same random state with or without the range test: reseed, and fresh loaders
+        # (the range test advanced the old ones' shuffling and augmentation streams).
+        seed_everything(cfg.seed)
+        train_loader, test_loader = build_loaders(cfg, data)
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, cfg.max_lr, len(train_loader))
     criterion = build_criterion(cfg)
     lr_schedule = planned_lrs(cfg, cfg.max_lr, len(train_loader))
     out = Path(out_dir) if out_dir else None
-    metrics = new_metrics("torch", cfg, model, runtime.describe(), data)
+    metrics = new_metrics("torch", cfg, model, runtime.describe(), data, train_loader.num_workers)
     for epoch in range(1, cfg.epochs + 1):
         stats = train_epoch(model, train_loader, optimizer, scheduler, criterion, runtime,
                             desc=f"epoch {epoch}/{cfg.epochs}")
@@ -273,11 +282,17 @@ HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr
                 "epoch_seconds")
 
 
-def new_metrics(trainer: str, cfg: TrainConfig, model: nn.Module, device: str, data: CifarData) -> dict:
-    """The head of metrics.json; ``record_epoch`` fills in the rest as epochs finish."""
+def new_metrics(trainer: str, cfg: TrainConfig, model: nn.Module, device: str, data: CifarData,
+                loader_workers: int) -> dict:
+    """The head of metrics.json; ``record_epoch`` fills in the rest as epochs finish.
+
+    ``loader_workers`` is recorded because each worker has its own augmentation stream: the same seed with another
+    number of workers is another run.
+    """
     return {"trainer": trainer, "model": cfg.model, "parameters": count_parameters(model), "device": device,
             "data_source": data.source, "train_images": len(data.train), "test_images": len(data.test),
-            "config": cfg.to_dict(), "command": cli_command(), "history": [], "lr_schedule": []}
+            "loader_workers": loader_workers, "config": cfg.to_dict(), "command": cli_command(), "history": [],
+            "lr_schedule": []}
 
 
 def record_epoch(metrics: dict, row: dict, lr_schedule: list[float], wall_start: float) -> None:

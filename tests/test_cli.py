@@ -22,7 +22,9 @@ def test_help(command):
 
 
 @pytest.mark.parametrize("args", [["train", "--epochs", "0", "--out", "x"], ["train", "--model", "vgg", "--out", "x"],
-                                  ["train", "--epochs", "1"], ["train", "--max-lr", "0.1", "--find-lr", "--out", "x"]])
+                                  ["train", "--epochs", "1"], ["train", "--max-lr", "0.1", "--find-lr", "--out", "x"],
+                                  ["train", "--workers", "-1", "--out", "x"],
+                                  ["train", "--weight-decay", "-1", "--out", "x"], ["bench", "--warmup", "-1"]])
 def test_invalid_arguments_are_argparse_errors(args):
     r = cli(*args)
     assert r.returncode == 2 and "usage:" in r.stderr and "Traceback" not in r.stderr

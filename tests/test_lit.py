@@ -96,6 +96,22 @@ def test_resume_continues_the_onecycle_schedule(data, tmp_path):
     np.testing.assert_allclose(resumed["lr_schedule"], plan)
 
 
+def test_metrics_and_model_are_written_after_every_epoch(data, tmp_path, monkeypatch):
+    import cifar_s12.lit as lit
+
+    writes = []
+    real_save = lit.save_outputs
+
+    def recording_save(out, model, cfg, classes, metrics):
+        writes.append(metrics["epochs_completed"])
+        real_save(out, model, cfg, classes, metrics)
+
+    monkeypatch.setattr(lit, "save_outputs", recording_save)
+    fit_lightning(make_config("best", epochs=2, **TINY), tmp_path, data=data, log=lambda *_: None)
+    assert writes == [1, 2, 2]  # after each epoch (so an interrupted run keeps its last one), then the final write
+    assert json.loads((tmp_path / "metrics.json").read_text())["loader_workers"] == 0
+
+
 def test_lr_finders_side_by_side_plot(tmp_path):
     plot = tmp_path / "both.png"
     r = cli("lr-find", "--lr-finder", "both", "--subset", "128", "--batch-size", "32", "--num-iter", "8",
@@ -109,8 +125,13 @@ def test_lr_finders_side_by_side_plot(tmp_path):
     (["--trainer", "lightning", "--resume", "nothing.ckpt"], "error: --resume: checkpoint nothing.ckpt does not exist"),
     (["--trainer", "lightning", "--resume", "README.md"], "error: --resume: README.md is not a checkpoint"),
     (["--devices", "2"], "error: --devices need --trainer lightning"),
+    (["--trainer", "lightning", "--resume", "README.md", "--epochs", "3"],
+     "error: --resume continues the checkpoint's recipe; drop --epochs"),
+    (["--trainer", "lightning", "--accelerator", "gpu"], "error: Lightning cannot set up this run"),
+    (["--out", "README.md"], "error: cannot use --out README.md"),
 ])
 def test_errors_are_one_line_and_exit_2(args, message, tmp_path):
-    r = cli("train", *args, "--out", tmp_path / "run")
+    out = [] if "--out" in args else ["--out", tmp_path / "run"]
+    r = cli("train", *args, *out)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(message), r.stderr[-2000:]
     assert "Traceback" not in r.stderr

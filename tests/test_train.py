@@ -59,3 +59,15 @@ def test_same_seed_same_run(data):
     cfg = make_config("best", epochs=1, subset=256, test_subset=100, batch_size=64, max_lr=0.1, num_workers=0)
     a, b = (fit(cfg, data=data, log=lambda *_: None).metrics["history"][0] for _ in range(2))
     assert a["train_loss"] == b["train_loss"] and a["test_loss"] == b["test_loss"]
+
+
+def test_find_lr_feeds_onecycle_and_tta_is_reported(data, tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(make_config("best", epochs=1, subset=256, test_subset=100, batch_size=32, tta=True, num_workers=0),
+                  max_lr=None)  # None: find it (make_config treats None as "keep the preset's")
+    result = fit(cfg, out_dir=tmp_path, data=data, log=lambda *_: None)
+    m = result.metrics
+    assert result.lr_find is not None and m["config"]["max_lr"] == result.lr_find.suggested_lr
+    assert max(m["lr_schedule"]) == pytest.approx(result.lr_find.suggested_lr)
+    assert 0 <= m["final_test_accuracy_tta"] <= 1 and (tmp_path / "lr_finder.png").exists()
