@@ -79,8 +79,15 @@ def test_ddp_on_two_cpu_processes_writes_one_metrics_json(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["device"].startswith("cpu x2") and len(metrics["history"]) == 1
     assert r.stdout.count("final test accuracy") == 1  # only rank 0 reports
-    # Two processes of 2 batches each: the accuracy counts all 256 images (synchronised), not one process's 128.
-    assert metrics["history"][0]["train_acc"] * 256 == pytest.approx(round(metrics["history"][0]["train_acc"] * 256))
+    # Each process validates half of the 128 test images; the logged accuracy must be over all of them (synchronised).
+    # Checked against an independent pass of the saved model over the same 128 images (one image of slack for bf16
+    # rounding with other batch sizes).
+    from cifar_s12.analysis import load_checkpoint, predict_split
+    from cifar_s12.dataset import load_cifar10, subset
+
+    test = subset(load_cifar10(download=False), test=128).test
+    independent = predict_split(load_checkpoint(out / "model.pt"), test).accuracy
+    assert abs(metrics["final_test_accuracy"] - independent) <= 1 / 128 + 1e-9
 
 
 def test_resume_continues_the_onecycle_schedule(data, tmp_path):
