@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from .dataset import CifarDataset, Split, make_loader
 from .errors import UserError
 from .model import build_model
-from .train import Runtime
+from .train import Runtime, predict_logits
 from .transform import test_transform
 from .utils import CHECKPOINT_FORMAT, atomic_path, read_checkpoint_file
 
@@ -121,7 +121,7 @@ def collect_logits(model: nn.Module, loader, runtime: Runtime) -> tuple[torch.Te
     logits, labels = [], []
     for x, y in loader:
         with runtime.autocast():
-            logits.append(model(runtime.inputs(x)).float().cpu())
+            logits.append(predict_logits(model, runtime.inputs(x)).cpu())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
 
@@ -247,7 +247,7 @@ def predict_probabilities(loaded: LoadedModel, images: Sequence[np.ndarray],
     runtime = runtime or loaded.runtime()
     model = runtime.prepare(loaded.model).eval()
     with runtime.autocast():
-        logits = model(runtime.inputs(normalised(images))).float().cpu()
+        logits = predict_logits(model, runtime.inputs(normalised(images))).cpu()
     return logits.softmax(dim=1)
 
 

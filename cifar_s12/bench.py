@@ -12,8 +12,7 @@ import torch
 
 from .config import TrainConfig
 from .dataset import CifarData, CifarDataset, default_num_workers, load_cifar10, make_loader
-from .model import build_model
-from .train import Runtime, build_criterion, build_optimizer, train_step
+from .train import Runtime, build_criterion, build_model_for, build_optimizer, train_step
 from .transform import train_transform
 
 
@@ -27,7 +26,7 @@ def train_step_throughput(cfg: TrainConfig, runtime: Runtime, batch_size: int, s
 
     The data is fixed so that only the model's arithmetic is timed; the loader is measured separately.
     """
-    model = runtime.prepare(build_model(cfg.model, **cfg.model_kwargs())).train()
+    model = runtime.prepare(build_model_for(cfg)).train()
     optimizer, criterion = build_optimizer(model, cfg, lr=0.01), build_criterion(cfg)
     x = runtime.inputs(torch.randn(batch_size, 3, 32, 32))
     y = torch.randint(0, 10, (batch_size,), device=runtime.device)
