@@ -345,7 +345,7 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     if tta is not None:
         metrics["final_test_accuracy_tta"] = tta
     metrics["wall_seconds"] = time.perf_counter() - wall_start
-    save_outputs(out, module.model, module.cfg, datamodule.data.classes, metrics)
+    write_json(out / "metrics.json", metrics)  # model.pt is already the last epoch's (save_epoch), as in train.fit
     save_run_figures(out, metrics, lr_result)
     return RunResult(metrics, module.model, lr_result)
 
