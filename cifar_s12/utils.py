@@ -20,12 +20,19 @@ from .errors import UserError
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
+COMMAND_ENV_VAR = "CIFAR_S12_COMMAND"
+
+
 def cli_command() -> str | None:
-    """The ``python -m cifar_s12 ...`` command that started this process (recorded in metrics.json), else None."""
+    """The command that started this run, recorded in metrics.json for the results table.
+
+    ``python -m cifar_s12 ...`` is read from argv. A notebook kernel's argv says nothing useful, so a notebook
+    executed headless (``jupyter nbconvert --execute``) names its command in ``CIFAR_S12_COMMAND``; else None.
+    """
     argv0 = Path(sys.argv[0])
     if argv0.name == "__main__.py" and argv0.parent.name == "cifar_s12":
         return shlex.join(["python", "-m", "cifar_s12", *sys.argv[1:]])
-    return None
+    return os.environ.get(COMMAND_ENV_VAR) or None
 
 
 def seed_everything(seed: int) -> None:
