@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cifar_s12.errors import UserError
-from cifar_s12.utils import atomic_path, autocast_dtype, lightning_precision, write_json
+from cifar_s12.utils import COMMAND_ENV_VAR, atomic_path, autocast_dtype, cli_command, lightning_precision, write_json
 
 
 def test_precision_choice_on_cpu():
@@ -24,3 +24,13 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_text().strip().startswith("{") and '"a": 1' in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_run_command_comes_from_the_cli_argv_or_the_notebook_variable(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/x/cifar_s12/__main__.py", "train", "--seed", "2", "--out", "runs/a b"])
+    monkeypatch.setenv(COMMAND_ENV_VAR, "jupyter nbconvert --execute nb.ipynb")
+    assert cli_command() == "python -m cifar_s12 train --seed 2 --out 'runs/a b'"  # the CLI names itself
+    monkeypatch.setattr("sys.argv", ["/x/ipykernel_launcher.py", "-f", "/tmp/kernel.json"])
+    assert cli_command() == "jupyter nbconvert --execute nb.ipynb"
+    monkeypatch.delenv(COMMAND_ENV_VAR)
+    assert cli_command() is None
