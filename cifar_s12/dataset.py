@@ -99,7 +99,7 @@ def _load_image_folder(root: Path, cache_dir: Path) -> CifarData:
 
 
 def _decode(folder) -> Split:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     images = np.empty((len(folder.samples), 32, 32, 3), dtype=np.uint8)
     labels = np.empty(len(folder.samples), dtype=np.int64)

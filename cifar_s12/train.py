@@ -5,13 +5,19 @@ Read top to bottom: Runtime (device + precision) -> builders -> LR range test ->
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning, tqdm
+
+# Text progress bars everywhere (terminal, Jupyter, Colab, a saved notebook): widget bars need ipywidgets and leave
+# nothing readable in committed outputs. Lightning's bar makes the same choice without ipywidgets. tqdm.auto's
+# "IProgress not found" warning (torch-lr-finder imports it) is noise.
+warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
 
 from .config import TrainConfig
 from .dataset import CifarData, CifarDataset, load_cifar10, make_loader, subset
