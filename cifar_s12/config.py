@@ -24,7 +24,10 @@ class TrainConfig:
     max_lr: float | None = 0.4     # None: find it with the LR range test before training
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
+    # Targets of 0.82 for the true class and 0.02 for each other: keeps the network from chasing ever larger
+    # logits on images it already gets right (Page's later posts and airbench use 0.2). It lifts the loss floor,
+    # so train and test losses never approach 0.
+    label_smoothing: float = 0.2
     # OneCycle, stepped per batch: linear warm-up to max_lr for pct_start of the run (5 of 24 epochs), then
     # linear annealing (three_phase=False) to max_lr / div_factor / final_div_factor.
     pct_start: float = 5 / 24
@@ -59,10 +62,12 @@ class TrainConfig:
 
 RECIPES: dict[str, TrainConfig] = {
     # D. Page's "How to train your ResNet" recipe for this architecture: SGD + Nesterov, batch 512, wd 5e-4,
-    # linear one-cycle peaking at 0.4 in epoch 5, pad-crop + flip + 8x8 cutout, logits x 0.125.
+    # linear one-cycle peaking at 0.4 in epoch 5, pad-crop + flip + 8x8 cutout, logits x 0.125; plus label
+    # smoothing 0.2 from his later posts: the minimal recipe reaches 94.0% in 24 epochs, but only just.
     "best": TrainConfig(),
     # The course's assignment settings: Adam, max LR from the LR range test, cutout half of the time.
     "course": TrainConfig(recipe="course", optimizer="adam", max_lr=None, weight_decay=1e-4, logit_scale=1.0,
+                          label_smoothing=0.0,
                           augment=AugmentConfig(cutout_p=0.5)),
 }
 
