@@ -30,6 +30,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _num_iter(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be 2 or more (a range test needs two LRs), got {text}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -74,7 +81,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
                    help="fail instead of downloading CIFAR-10 when it is missing")
     p.add_argument("--subset", type=_positive_int, help="train on a class-balanced subset of N images")
     p.add_argument("--test-subset", type=_positive_int, help="evaluate on a class-balanced subset of N test images")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_non_negative_int)
     p.add_argument("--precision", choices=PRECISIONS,
                    help="auto (default): bf16 autocast + channels_last on CPU, fp16/bf16 on CUDA; fp32 turns it off")
     p.add_argument("--workers", type=_non_negative_int, dest="num_workers",
@@ -109,15 +116,24 @@ def _check_trainer_flags(args: argparse.Namespace) -> None:
             raise UserError(f"--resume continues the checkpoint's recipe; drop {', '.join(recipe_flags) or '--recipe'}")
 
 
-def _check_out_dir(path: str) -> Path:
+def _check_out_dir(path: str, flag: str = "--out") -> Path:
     """Check --out before any work, so a bad path fails now and not after the first epoch (nothing is created yet:
     a run that fails on its data leaves no empty folder behind)."""
     out = Path(path)
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
-        raise UserError(f"cannot use --out {out}: {existing} is a file")
+        raise UserError(f"cannot use {flag} {out}: {existing} is a file")
     if not os.access(existing, os.W_OK):
-        raise UserError(f"cannot use --out {out}: {existing} is not writable")
+        raise UserError(f"cannot use {flag} {out}: {existing} is not writable")
+    return out
+
+
+def _check_out_file(path: str, flag: str) -> Path:
+    """The same early check for an output file (a plot, a JSON): its folder must be usable, it must not be one."""
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"cannot use {flag} {out}: it is a folder")
+    _check_out_dir(str(out.parent), flag)
     return out
 
 
@@ -144,6 +160,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     from .lit import LR_FINDERS, range_tests
     from .plots import plot_lr_finder, plot_lr_finders, save_figure
 
+    _check_out_file(args.plot, "--plot")
     kinds = list(LR_FINDERS) if args.lr_finder == "both" else [args.lr_finder]
     results = range_tests(kinds, _config(args), start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter)
     if len(results) == 1:
@@ -159,7 +176,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .lit import compare_trainers
 
-    s = compare_trainers(_config(args), args.out)
+    s = compare_trainers(_config(args), _check_out_dir(args.out))
     for name in ("torch", "lightning"):
         by_epoch = ", ".join(f"{v:.0f}" for v in s[name]["images_per_second_by_epoch"])
         print(f"{name:9s} final test accuracy {s[name]['final_test_accuracy']:.4f} | "
@@ -178,7 +195,7 @@ def _add_lightning_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-finder", choices=["torch", "lightning"],
                    help="with --find-lr: torch-lr-finder (default) or Lightning's Tuner.lr_find")
     g.add_argument("--devices", type=_devices, help="devices (processes) to train on: N, 'auto' (default: 1)")
-    g.add_argument("--accelerator", help="cpu, gpu, mps or auto (default: auto)")
+    g.add_argument("--accelerator", choices=["cpu", "gpu", "cuda", "mps", "auto"], help="default: auto")
     g.add_argument("--strategy", help="e.g. ddp for several devices (default: auto)")
     g.add_argument("--resume", metavar="CKPT", help="continue a run from its OUT/checkpoints/last.ckpt")
     g.add_argument("--stop-after", type=_positive_int, metavar="N",
@@ -190,6 +207,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import run_bench
     from .utils import write_json
 
+    if args.json:
+        _check_out_file(args.json, "--json")
     cfg = make_config("best", model=args.model, data_dir=args.data_dir, num_workers=args.num_workers)
     result = run_bench(cfg, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                        loader_batches=args.loader_batches)
@@ -216,6 +235,7 @@ def cmd_results(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
+    _check_out_dir(args.out)
     for line in write_report(args.checkpoint, args.out, data_dir=args.data_dir, test_images=args.subset,
                              layer=args.layer, opacity=args.opacity, n=args.n):
         print(line)
@@ -253,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_flags(p)
     p.add_argument("--start-lr", type=_positive_float, default=1e-5)
     p.add_argument("--end-lr", type=_positive_float, default=10.0)
-    p.add_argument("--num-iter", type=_positive_int, default=100)
+    p.add_argument("--num-iter", type=_num_iter, default=100)
     p.add_argument("--plot", default="lr_finder.png", help="where to save the plot (default: lr_finder.png)")
     p.add_argument("--lr-finder", choices=["torch", "lightning", "both"], default="torch",
                    help="torch-lr-finder (default), Lightning's Tuner.lr_find, or both side by side")

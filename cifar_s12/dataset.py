@@ -78,7 +78,10 @@ def _load_torchvision(root: Path, download: bool) -> CifarData:
 def _load_image_folder(root: Path, cache_dir: Path) -> CifarData:
     from torchvision.datasets import ImageFolder
 
-    folders = {name: ImageFolder(str(root / name)) for name in ("train", "test")}
+    try:
+        folders = {name: ImageFolder(str(root / name)) for name in ("train", "test")}
+    except FileNotFoundError as err:  # a class folder without images, or no train/ or test/
+        raise UserError(f"{root} is not a usable image-folder tree: {err}") from None
     for name, folder in folders.items():
         if tuple(folder.classes) != CLASSES:
             raise UserError(f"{root / name} has class folders {folder.classes}; expected CIFAR-10's {list(CLASSES)}")

@@ -24,7 +24,10 @@ def test_help(command):
 @pytest.mark.parametrize("args", [["train", "--epochs", "0", "--out", "x"], ["train", "--model", "vgg", "--out", "x"],
                                   ["train", "--epochs", "1"], ["train", "--max-lr", "0.1", "--find-lr", "--out", "x"],
                                   ["train", "--workers", "-1", "--out", "x"],
-                                  ["train", "--weight-decay", "-1", "--out", "x"], ["bench", "--warmup", "-1"]])
+                                  ["train", "--weight-decay", "-1", "--out", "x"], ["bench", "--warmup", "-1"],
+                                  ["train", "--seed", "-1", "--out", "x"],
+                                  ["train", "--trainer", "lightning", "--accelerator", "tpu", "--out", "x"],
+                                  ["lr-find", "--num-iter", "1"]])
 def test_invalid_arguments_are_argparse_errors(args):
     r = cli(*args)
     assert r.returncode == 2 and "usage:" in r.stderr and "Traceback" not in r.stderr
@@ -48,6 +51,26 @@ def test_corrupt_image_is_one_line_naming_the_file(tiny_dir, tmp_path):
     last = r.stderr.strip().splitlines()[-1]  # above it only the progress bar
     assert r.returncode == 2 and last.startswith("error: cannot read image") and "dog/00003.png" in last
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args", [["compare", "--out", "README.md"], ["report", "--checkpoint", "x.pt", "--out", "README.md"],
+                                  ["lr-find", "--plot", "README.md/lr.png"], ["bench", "--json", "cifar_s12"]])
+def test_unusable_output_paths_fail_before_any_work(args):
+    r = cli(*args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot"), r.stderr[-2000:]
+
+
+def test_a_class_folder_without_images_is_one_line(tiny_dir, tmp_path):
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(tiny_dir, tree)
+    for image in (tree / "test" / "cat").iterdir():
+        image.unlink()
+    r = cli("train", "--data-dir", tree, "--out", tmp_path / "run")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "not a usable image-folder tree" in lines[0], r.stderr[-2000:]
 
 
 def test_train_writes_metrics_checkpoint_and_curves(tmp_path):
