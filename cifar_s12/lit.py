@@ -12,7 +12,6 @@ import os
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +30,8 @@ from .errors import UserError
 from .model import NUM_CLASSES, build_model
 from .train import (LRFindResult, RunResult, Runtime, build_criterion, build_loaders, build_model_for,
                     build_optimizer, build_scheduler, find_lr, fit, format_epoch, new_metrics, predict_logits,
-                    prepare_data, record_epoch, save_outputs, save_run_figures, steepest_descent_lr)
+                    prepare_data, range_test_iters, record_epoch, save_outputs, save_run_figures,
+                    steepest_descent_lr)
 from .utils import lightning_precision, pick_device, read_checkpoint_file, seed_everything, write_json
 
 # The LR range tests: torch-lr-finder (shared with the plain trainer) or Lightning's Tuner.lr_find.
@@ -58,6 +58,8 @@ class CifarLitModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
         self.memory_format = torch.contiguous_format
+        # Lets ModelSummary run one image through the network and list each layer's input and output sizes.
+        self.example_input_array = torch.zeros(1, 3, 32, 32)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, classes=CLASSES, model: nn.Module | None = None) -> "CifarLitModule":
@@ -228,7 +230,10 @@ def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: i
         return pl.Trainer(
             accelerator=accelerator, devices=devices, strategy=strategy,
             precision=lightning_precision(accelerator_device(accelerator), cfg.precision),
-            max_epochs=max_epochs or cfg.epochs, fast_dev_run=fast_dev_run, deterministic=cfg.seed is not None,
+            max_epochs=max_epochs or cfg.epochs, fast_dev_run=fast_dev_run,
+            # The same kernels as the plain loop (Runtime): no deterministic mode, and cuDNN benchmarks its
+            # convolution algorithms once for the fixed 32x32 input.
+            benchmark=True,
             # version_N per run, so a resumed run adds its logs beside the first part's instead of replacing them
             logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="csv")],
             callbacks=[history, LearningRateMonitor(logging_interval="step"), best, last, ModelSummary(max_depth=2),
@@ -331,14 +336,13 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
         save_outputs(out, module.model, module.cfg, datamodule.data.classes, run_metrics(trainer, module))
 
     history = EpochHistory(after_epoch=save_epoch)
-    with _torch_determinism_restored():  # the Trainer's deterministic=True is process-wide
-        trainer = build_trainer(cfg, out, history, devices, accelerator, strategy,
-                                max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
-        datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data)
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")  # few workers per process is deliberate
-        module, lr_result = _module_with_max_lr(cfg, datamodule, trainer, lr_finder, accelerator, log)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        tta = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"] if module.cfg.tta else None
+    trainer = build_trainer(cfg, out, history, devices, accelerator, strategy,
+                            max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
+    datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # few workers per process is deliberate
+    module, lr_result = _module_with_max_lr(cfg, datamodule, trainer, lr_finder, accelerator, log)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    tta = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"] if module.cfg.tta else None
     if not trainer.is_global_zero:
         return RunResult({}, module.model, lr_result, is_global_zero=False)
     metrics = run_metrics(trainer, module)
@@ -360,20 +364,14 @@ def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: 
     if trainer.world_size > 1:
         raise UserError("--find-lr needs a single device (each process would find its own LR): run lr-find, "
                         "then pass --max-lr")
-    result = range_test(lr_finder, cfg, model, datamodule, accelerator)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    result = range_test(lr_finder, cfg, model, datamodule, accelerator,
+                        num_iter=range_test_iters(len(datamodule.train_dataloader())))
     log(f"LR range test ({LR_FINDERS[lr_finder]}) suggests max_lr = {result.suggested_lr:.3g}")
     seed_everything(cfg.seed)  # training starts from the same random state with or without the range test ...
     datamodule.rebuild_loaders()  # ... and from fresh loaders (the test advanced their random streams)
     return CifarLitModule.from_config(replace(cfg, max_lr=result.suggested_lr), model=model), result
-
-
-@contextmanager
-def _torch_determinism_restored():
-    before = torch.are_deterministic_algorithms_enabled()
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def describe_trainer(trainer: pl.Trainer) -> str:

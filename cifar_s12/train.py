@@ -41,6 +41,8 @@ class Runtime:
     def __post_init__(self):
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 32x32 input: time cuDNN's algorithms once, keep the fastest
 
     @classmethod
     def create(cls, precision: str = "auto", device: str | None = None) -> "Runtime":
@@ -148,6 +150,11 @@ def find_lr(model: nn.Module, loader, cfg: TrainConfig, runtime: Runtime, start_
     return LRFindResult(steepest_descent_lr(lrs, losses), lrs, losses)
 
 
+def range_test_iters(steps_per_epoch: int) -> int:
+    """Range-test steps before a run with no max LR (both trainers): 100, or 3 epochs of a small subset."""
+    return max(2, min(100, 3 * steps_per_epoch))
+
+
 def steepest_descent_lr(lrs: list[float], losses: list[float], skip_start: int = 10, skip_end: int = 5) -> float:
     """torch-lr-finder's suggestion rule (min of d loss / d step after trimming the ends), without a plot."""
     import numpy as np
@@ -249,7 +256,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
 
     lr_result = None
     if cfg.max_lr is None:
-        lr_result = find_lr(model, train_loader, cfg, runtime, num_iter=min(100, 3 * len(train_loader)))
+        lr_result = find_lr(model, train_loader, cfg, runtime, num_iter=range_test_iters(len(train_loader)))
         log(f"LR range test suggests max_lr = {lr_result.suggested_lr:.3g}")
         cfg = replace(cfg, max_lr=lr_result.suggested_lr)
         # Training starts from the same random state with or without the range test: reseed, and fresh loaders

@@ -70,5 +70,9 @@ def test_find_lr_feeds_onecycle_and_tta_is_reported(data, tmp_path):
     m = result.metrics
     assert result.lr_find is not None and m["config"]["max_lr"] == result.lr_find.suggested_lr
     found = result.lr_find.suggested_lr  # OneCycle is planned with it: the same schedule as a run given that max LR
-    assert m["lr_schedule"] == pytest.approx(planned_lrs(replace(cfg, max_lr=found), found, steps_per_epoch=256 // 32))
+    planned = planned_lrs(replace(cfg, max_lr=found), found, steps_per_epoch=256 // 32)
+    assert m["lr_schedule"] == pytest.approx(planned)
+    # ... and the optimizer really used it: the history's LR is the one of the epoch's last step, read from the
+    # optimizer during training.
+    assert m["history"][-1]["lr"] == pytest.approx(planned[-1]) and m["history"][-1]["lr"] < found / 100
     assert 0 <= m["final_test_accuracy_tta"] <= 1 and (tmp_path / "lr_finder.png").exists()
