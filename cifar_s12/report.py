@@ -30,7 +30,8 @@ def write_report(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, data
     """
     loaded = load_checkpoint(checkpoint)
     resolve_layer(loaded.model, layer)  # an unknown layer name fails now, not after the slow part
-    data = load_cifar10(data_dir)
+    trained_on = loaded.config.get("data_dir")  # where the run found CIFAR-10, if that folder is here too
+    data = load_cifar10(data_dir or (trained_on if trained_on and Path(trained_on).is_dir() else None))
     test = subset(data, test=test_images).test
     preds = predict_split(loaded, test)
     out = Path(out_dir)
@@ -39,7 +40,7 @@ def write_report(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, data
     lines += write_data_figures(data.train, loaded, out)
     lines += write_mistakes(loaded, preds, out, n=n, layer=layer, opacity=opacity)
     lines += write_confusion(preds, out)
-    lines += write_curves(loaded.path.parent / "metrics.json", out)
+    lines += write_curves(run_metrics_path(loaded.path), out)
     return lines
 
 
@@ -103,6 +104,14 @@ def write_confusion(preds: Predictions, out: Path) -> list[str]:
     worst = min(rows, key=lambda r: r["accuracy"])
     return [f"wrote {_save_all(figures, out)}, {out / 'per_class.csv'} "
             f"(weakest class: {worst['class']} {worst['accuracy']:.3f})"]
+
+
+def run_metrics_path(checkpoint: Path) -> Path:
+    """The run's metrics.json: beside model.pt, or one folder up from Lightning's checkpoints/*.ckpt."""
+    folder = checkpoint.parent
+    if checkpoint.suffix == ".ckpt" and folder.name == "checkpoints":
+        folder = folder.parent
+    return folder / "metrics.json"
 
 
 def write_curves(metrics_path: Path, out: Path) -> list[str]:

@@ -28,6 +28,16 @@ def test_report_writes_every_figure_and_table(checkpoint, tmp_path):
     assert [r["class"] for r in rows][:2] == ["airplane", "automobile"] and sum(int(r["total"]) for r in rows) == 50
 
 
+def test_curves_come_from_the_runs_metrics_json_for_model_pt_and_lightning_ckpt():
+    from pathlib import Path
+
+    from cifar_s12.report import run_metrics_path
+
+    assert run_metrics_path(Path("runs/a/model.pt")) == Path("runs/a/metrics.json")
+    assert run_metrics_path(Path("runs/b/checkpoints/last.ckpt")) == Path("runs/b/metrics.json")
+    assert run_metrics_path(Path("elsewhere/best.ckpt")) == Path("elsewhere/metrics.json")
+
+
 def test_predict_prints_top_3_and_notes_a_resize(checkpoint, data_dir, tmp_path):
     ship = sorted((data_dir / "test" / "ship").glob("*.png"))[0]
     Image.new("RGB", (64, 48), (20, 40, 200)).save(tmp_path / "photo.png")
