@@ -13,7 +13,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 def pytest_configure(config):
     from cifar_s12.dataset import DEFAULT_DATA_DIR, ENV_VAR, synthetic_image_folder
 
-    if os.environ.get(ENV_VAR) or (DEFAULT_DATA_DIR / "cifar-10-batches-py").is_dir():
+    if os.environ.get(ENV_VAR):
+        return
+    if (DEFAULT_DATA_DIR / "cifar-10-batches-py").is_dir():  # a user's torchvision download (README's first step)
+        os.environ[ENV_VAR] = str(DEFAULT_DATA_DIR)
         return
     synthetic = DEFAULT_DATA_DIR / "synthetic"
     if not (synthetic / "test" / "truck").is_dir():
