@@ -9,6 +9,7 @@ from cifar_s12.analysis import (Predictions, collect_logits, confusion_matrix, f
 from cifar_s12.dataset import CLASSES, CifarDataset, make_loader, subset
 from cifar_s12.errors import UserError
 from cifar_s12.train import Runtime
+from cifar_s12.utils import autocast_dtype
 from cifar_s12.transform import test_transform as eval_transform
 
 FP32 = Runtime.create("fp32", "cpu")
@@ -48,7 +49,8 @@ def test_pt_and_lightning_ckpt_load_to_the_same_model(checkpoint, tmp_path):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(pt.model(x), ckpt.model(x), rtol=0, atol=0)
-    assert pt.config["epochs"] == 2 and pt.runtime().dtype == torch.bfloat16  # the trainer's precision, "auto"
+    assert pt.config["epochs"] == 2 and pt.config["precision"] == "auto"
+    assert pt.runtime("cpu").dtype == autocast_dtype(torch.device("cpu"), "auto")  # as the trainer ran it
 
 
 @pytest.mark.parametrize("content, message", [
