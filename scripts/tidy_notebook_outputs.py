@@ -3,7 +3,8 @@
 `jupyter nbconvert --execute` stores every progress-bar refresh (tqdm redraws its line with carriage returns) as a
 separate output: a 24-epoch run leaves thousands of them, and GitHub shows each one. This merges a cell's stdout
 and stderr chunks and keeps only what a terminal would still show, the way nbclient's ``coalesce_streams`` does
-(that option cannot be set from nbconvert's command line). Outputs other than streams are untouched.
+(that option cannot be set from nbconvert's command line). Outputs other than streams are untouched, and so are
+cells marked ``# NBVAL_CHECK_OUTPUT``: nbval compares those with a fresh run character for character.
 
     python scripts/tidy_notebook_outputs.py notebooks/01_pytorch_onecycle.ipynb [...]
 """
@@ -14,19 +15,28 @@ import sys
 
 import nbformat
 
-OVERWRITTEN_BY_CARRIAGE_RETURN = re.compile(r"[^\n]*\r(?=[^\n])")  # a line's text before a later \r redraw
-ERASED_BY_BACKSPACE = re.compile(r"[^\n]\x08")
+CONTROL = re.compile(r"(\x1b\[A|\r|\n|\x08)")  # cursor up (tqdm's nested bars), carriage return, newline, backspace
 
 
 def screen_text(text: str) -> str:
     """What a terminal shows after printing ``text``: redrawn lines keep their last state, blank lines go."""
-    while True:
-        shorter = ERASED_BY_BACKSPACE.sub("", text)
-        if shorter == text:
-            break
-        text = shorter
-    text = OVERWRITTEN_BY_CARRIAGE_RETURN.sub("", text).replace("\r", "")
-    return "".join(line for line in text.splitlines(keepends=True) if line.strip())
+    lines, row, col = [""], 0, 0
+    for piece in CONTROL.split(text):
+        if piece == "\n":
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        elif piece == "\r":
+            col = 0
+        elif piece == "\x1b[A":
+            row = max(row - 1, 0)
+        elif piece == "\x08":
+            col = max(col - 1, 0)
+        elif piece:
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + piece + line[col + len(piece):]
+            col += len(piece)
+    return "".join(line.rstrip() + "\n" for line in lines if line.strip())
 
 
 def tidy_cell(cell) -> None:
@@ -48,7 +58,7 @@ def main(paths: list[str]) -> None:
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
-            if cell.cell_type == "code":
+            if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" not in cell.source:
                 tidy_cell(cell)
         nbformat.write(nb, path)
 
