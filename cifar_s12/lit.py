@@ -322,6 +322,9 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     log = rank_zero_only(log)  # DDP runs this function in every process; one of them talks
     if resume is not None:
         cfg = resume_config(read_resume_checkpoint(resume), cfg)
+    # Under DDP Lightning shuffles with a DistributedSampler seeded from this variable (pl.seed_everything sets it;
+    # the package seeds without Lightning), so --seed changes the data order there too.
+    os.environ["PL_GLOBAL_SEED"] = str(cfg.seed)
     out = Path(out_dir)
 
     def run_metrics(trainer: pl.Trainer, module: CifarLitModule) -> dict:
