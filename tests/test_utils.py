@@ -41,6 +41,14 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+def test_atomic_write_gives_a_normal_files_permissions(tmp_path):
+    import os
+
+    write_json(tmp_path / "metrics.json", {"a": 1})
+    (tmp_path / "plain.json").write_text("{}")  # open() honours the umask: the same mode is expected
+    assert os.stat(tmp_path / "metrics.json").st_mode == os.stat(tmp_path / "plain.json").st_mode
+
+
 def test_run_command_comes_from_the_cli_argv_or_the_notebook_variable(monkeypatch):
     monkeypatch.setattr("sys.argv", ["/x/cifar_s12/__main__.py", "train", "--seed", "2", "--out", "runs/a b"])
     monkeypatch.setenv(COMMAND_ENV_VAR, "jupyter nbconvert --execute nb.ipynb")
