@@ -83,7 +83,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-subset", type=_positive_int, help="evaluate on a class-balanced subset of N test images")
     p.add_argument("--seed", type=_non_negative_int)
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="auto (default): bf16 autocast + channels_last on CPU, fp16/bf16 on CUDA; fp32 turns it off")
+                   help="auto (default): bf16 autocast + channels_last where bf16 is native (AVX512-bf16/AMX CPUs, "
+                        "Ampere+ GPUs), fp16 on older GPUs, else fp32; fp32 turns it off")
     p.add_argument("--workers", type=_non_negative_int, dest="num_workers",
                    help="DataLoader workers (default: CPU count, max 8)")
 

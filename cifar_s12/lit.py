@@ -283,13 +283,14 @@ def lightning_lr_find(cfg: TrainConfig, model: nn.Module, datamodule: CifarDataM
 def range_test(kind: str, cfg: TrainConfig, model: nn.Module, datamodule: CifarDataModule,
                accelerator: str = "auto", **limits) -> LRFindResult:
     """Run the LR range test ``kind`` (see LR_FINDERS) from ``model``'s current weights, which it leaves as found.
-    ``limits``: start_lr, end_lr, num_iter."""
-    if kind == "lightning":
-        return lightning_lr_find(cfg, model, datamodule, accelerator, **limits)
-    if kind != "torch":
+    ``limits``: start_lr, end_lr, num_iter (default: ``range_test_iters``, as the plain trainer)."""
+    if kind not in LR_FINDERS:
         raise UserError(f"unknown LR finder {kind!r}; choose from {', '.join(LR_FINDERS)}")
     datamodule.prepare_data()
     datamodule.setup("fit")
+    limits.setdefault("num_iter", range_test_iters(len(datamodule.train_dataloader())))
+    if kind == "lightning":
+        return lightning_lr_find(cfg, model, datamodule, accelerator, **limits)
     runtime = Runtime.create(cfg.precision, accelerator_device(accelerator).type)
     return find_lr(runtime.prepare(model), datamodule.train_dataloader(), cfg, runtime, **limits)
 
@@ -367,10 +368,7 @@ def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: 
     if trainer.world_size > 1:
         raise UserError("--find-lr needs a single device (each process would find its own LR): run lr-find, "
                         "then pass --max-lr")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    result = range_test(lr_finder, cfg, model, datamodule, accelerator,
-                        num_iter=range_test_iters(len(datamodule.train_dataloader())))
+    result = range_test(lr_finder, cfg, model, datamodule, accelerator)
     log(f"LR range test ({LR_FINDERS[lr_finder]}) suggests max_lr = {result.suggested_lr:.3g}")
     seed_everything(cfg.seed)  # training starts from the same random state with or without the range test ...
     datamodule.rebuild_loaders()  # ... and from fresh loaders (the test advanced their random streams)
