@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -243,6 +245,24 @@ def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: i
         raise UserError(f"Lightning cannot set up this run: {str(err).splitlines()[0]}") from None
 
 
+@contextmanager
+def ctrl_c_raises(trainer: pl.Trainer):
+    """Ctrl-C during ``trainer.fit``/``test`` in the block raises KeyboardInterrupt, as it does in the plain loop.
+
+    Lightning stops gracefully on Ctrl-C, then calls ``sys.exit(1)`` and leaves SIGINT ignored for the rest of the
+    process: the CLI would exit 1 (not 130) and a notebook kernel could no longer be interrupted. Undo both.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt from None
+
+
 def read_resume_checkpoint(path: str | os.PathLike) -> dict:
     """The hyper-parameters of a ``.ckpt`` written by this trainer; a UserError for anything else."""
     ckpt = read_checkpoint_file(path, context="--resume: ")
@@ -273,8 +293,9 @@ def lightning_lr_find(cfg: TrainConfig, model: nn.Module, datamodule: CifarDataM
                              precision=lightning_precision(accelerator_device(accelerator), cfg.precision),
                              logger=False, enable_checkpointing=False, enable_model_summary=False,
                              num_sanity_val_steps=0, default_root_dir=tmp)
-        finder = Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=start_lr, max_lr=end_lr,
-                                        num_training=num_iter, update_attr=False)
+        with ctrl_c_raises(trainer):
+            finder = Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=start_lr, max_lr=end_lr,
+                                            num_training=num_iter, update_attr=False)
     lrs, losses = [float(v) for v in finder.results["lr"]], [float(v) for v in finder.results["loss"]]
     suggestion = finder.suggestion()
     return LRFindResult(suggestion if suggestion is not None else steepest_descent_lr(lrs, losses), lrs, losses)
@@ -345,8 +366,9 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # few workers per process is deliberate
     module, lr_result = _module_with_max_lr(cfg, datamodule, trainer, lr_finder, accelerator, log)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    tta = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"] if module.cfg.tta else None
+    with ctrl_c_raises(trainer):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        tta = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"] if module.cfg.tta else None
     if not trainer.is_global_zero:
         return RunResult({}, module.model, lr_result, is_global_zero=False)
     metrics = run_metrics(trainer, module)

@@ -24,7 +24,8 @@ from .dataset import CifarData, CifarDataset, load_cifar10, make_loader, subset
 from .errors import UserError
 from .model import build_model, count_parameters
 from .transform import test_transform, train_transform
-from .utils import autocast_dtype, cli_command, pick_device, save_checkpoint, seed_everything, write_json
+from .utils import (autocast_dtype, cli_command, interrupts_deferred, pick_device, save_checkpoint, seed_everything,
+                    write_json)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -322,10 +323,11 @@ def format_epoch(row: dict, epochs: int) -> str:
 
 
 def save_outputs(out: Path, model: nn.Module, cfg: TrainConfig, classes, metrics: dict) -> None:
-    """``model.pt`` and ``metrics.json``, each written atomically."""
-    save_checkpoint(out / "model.pt", model, cfg.model, cfg.model_kwargs(), cfg.to_dict(), classes,
-                    epoch=metrics["epochs_completed"], trainer=metrics["trainer"])
-    write_json(out / "metrics.json", metrics)
+    """``model.pt`` and ``metrics.json``, each written atomically, and both or neither: Ctrl-C waits for the pair."""
+    with interrupts_deferred():
+        save_checkpoint(out / "model.pt", model, cfg.model, cfg.model_kwargs(), cfg.to_dict(), classes,
+                        epoch=metrics["epochs_completed"], trainer=metrics["trainer"])
+        write_json(out / "metrics.json", metrics)
 
 
 def save_run_figures(out: Path, metrics: dict, lr_find: LRFindResult | None = None) -> None:

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import shlex
+import signal
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -102,6 +103,29 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def interrupts_deferred():
+    """Ctrl-C inside the block takes effect when the block ends (as a KeyboardInterrupt).
+
+    For files that must agree with each other, like an epoch's ``model.pt`` and ``metrics.json``: each write is
+    atomic, and this keeps an interrupt from falling between them. Outside the main thread (where Python delivers
+    signals) it does nothing.
+    """
+    received: list[int] = []
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -1,5 +1,6 @@
 """The Lightning trainer: module, data module, outputs (via the CLI), DDP on 2 CPU processes, resume, LR finders."""
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from test_cli import cli
 
+from cifar_s12.__main__ import main
 from cifar_s12.config import make_config
 from cifar_s12.lit import CifarDataModule, CifarLitModule, fit_lightning
 from cifar_s12.train import HISTORY_KEYS, planned_lrs
@@ -150,3 +152,21 @@ def test_errors_are_one_line_and_exit_2(args, message, tmp_path):
     r = cli("train", *args, *out)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(message), r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_ctrl_c_exits_130_keeps_the_finished_epoch_and_leaves_ctrl_c_working(tmp_path, monkeypatch):
+    real_step = CifarLitModule.training_step
+
+    def step_then_ctrl_c(self, batch, batch_idx):
+        if self.current_epoch == 1:  # Ctrl-C during the second epoch
+            raise KeyboardInterrupt
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(CifarLitModule, "training_step", step_then_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "run"
+    # Lightning itself would sys.exit(1) and leave SIGINT ignored; the plain trainer exits 130.
+    assert main(["train", "--trainer", "lightning", "--epochs", "2", *TINY_FLAGS, "--out", str(out)]) == 130
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 1
+    assert torch.load(out / "model.pt", weights_only=False)["epoch"] == 1

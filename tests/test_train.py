@@ -1,7 +1,12 @@
+import json
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
 
+import cifar_s12.train as train
 from cifar_s12.config import RECIPES, make_config
 from cifar_s12.errors import UserError
 from cifar_s12.model import CustomResNet
@@ -76,3 +81,19 @@ def test_find_lr_feeds_onecycle_and_tta_is_reported(data, tmp_path):
     # optimizer during training.
     assert m["history"][-1]["lr"] == pytest.approx(planned[-1]) and m["history"][-1]["lr"] < found / 100
     assert 0 <= m["final_test_accuracy_tta"] <= 1 and (tmp_path / "lr_finder.png").exists()
+
+
+def test_ctrl_c_between_the_two_writes_waits_until_both_are_written(data, tmp_path, monkeypatch):
+    real_save = train.save_checkpoint
+
+    def save_then_ctrl_c(path, *args, epoch, **kwargs):
+        real_save(path, *args, epoch=epoch, **kwargs)
+        if epoch == 2:  # model.pt of epoch 2 is written, metrics.json not yet
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_ctrl_c)
+    cfg = make_config("best", epochs=3, subset=256, test_subset=100, batch_size=64, max_lr=0.1, num_workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, out_dir=tmp_path, data=data, log=lambda *_: None)
+    assert torch.load(tmp_path / "model.pt", weights_only=False)["epoch"] == 2
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs_completed"] == 2
