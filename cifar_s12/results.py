@@ -48,7 +48,8 @@ def summarise(runs: list[dict]) -> list[dict]:
             "seeds": sorted(r["config"]["seed"] for r in group),
             "mean": statistics.mean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
             "min": min(acc), "max": max(acc),
-            "tta_mean": statistics.mean(tta) if len(tta) == len(group) else None,
+            # Flip TTA is reported beside the headline, over the runs made with --tta (not every run has it).
+            "tta_mean": statistics.mean(tta) if tta else None, "tta_runs": len(tta),
             "wall_minutes": statistics.mean(r["wall_seconds"] for r in group) / 60,
             "commands": sorted({r["command"] for r in group if r.get("command")}),
             "files": [r["_file"] for r in group],
@@ -62,6 +63,8 @@ def markdown_table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tta = f"{r['tta_mean']:.2f}" if r["tta_mean"] is not None else "–"
+        if 0 < r["tta_runs"] < len(r["seeds"]):
+            tta += f" ({r['tta_runs']} of {len(r['seeds'])} runs)"
         command = "<br>".join(f"`{c}`" for c in r["commands"]) or "–"
         lines.append(f"| {r['trainer']} | {r['recipe']} | {r['epochs']} | {r['train_images']:,} "
                      f"| {', '.join(map(str, r['seeds']))} | {r['mean']:.2f} ± {r['std']:.2f} "

@@ -29,6 +29,15 @@ def test_runs_are_grouped_and_summarised(tmp_path):
     assert "94.20 ± 0.20 (94.00–94.40)" in table and table.count("\n") == 3
 
 
+def test_tta_is_averaged_over_the_runs_that_have_it(tmp_path):
+    (tmp_path / "torch-best-seed1.json").write_text(json.dumps(_run(1, 0.940)))  # made without --tta
+    for seed in (2, 3):
+        (tmp_path / f"torch-best-seed{seed}.json").write_text(json.dumps(_run(seed, 0.942, tta=0.946 + seed / 1000)))
+    (row,) = summarise(load_runs(tmp_path))
+    assert row["tta_mean"] == pytest.approx(94.85) and row["tta_runs"] == 2
+    assert "| 94.85 (2 of 3 runs) |" in markdown_table([row])
+
+
 def test_a_file_that_is_not_a_run(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(UserError, match="not a metrics.json"):
