@@ -8,12 +8,16 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# nbval re-executes the notebooks in smoke mode unless told otherwise (CIFAR_S12_SMOKE=0 runs them in full: hours).
+os.environ.setdefault("CIFAR_S12_SMOKE", "1")
 
 
 def pytest_configure(config):
     from cifar_s12.dataset import DEFAULT_DATA_DIR, ENV_VAR, synthetic_image_folder
 
     if os.environ.get(ENV_VAR):
+        # Absolute: the notebooks' kernels run in notebooks/, where a relative path would point elsewhere.
+        os.environ[ENV_VAR] = os.path.abspath(os.environ[ENV_VAR])
         return
     if (DEFAULT_DATA_DIR / "cifar-10-batches-py").is_dir():  # a user's torchvision download (README's first step)
         os.environ[ENV_VAR] = str(DEFAULT_DATA_DIR)

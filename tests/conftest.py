@@ -7,19 +7,22 @@ from cifar_s12.dataset import ENV_VAR, load_cifar10, synthetic_image_folder
 
 
 def _is_real(path: Path) -> bool:
+    """The full CIFAR-10: torchvision's download, or an image-folder tree with all 5,000 airplanes."""
+    if (path / "cifar-10-batches-py").is_dir():
+        return True
     return (path / "train" / "airplane").is_dir() and sum(1 for _ in (path / "train" / "airplane").iterdir()) >= 5000
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """What the session uses: the real CIFAR-10 tree when $CIFAR_S12_DATA points at it, else the generated one."""
+    """What the session uses: the real CIFAR-10 when $CIFAR_S12_DATA points at it, else the generated tree."""
     return Path(os.environ[ENV_VAR])
 
 
 @pytest.fixture(scope="session")
 def real_data_dir(data_dir) -> Path:
     if not _is_real(data_dir):
-        pytest.skip(f"the real CIFAR-10 tree is not available (set {ENV_VAR})")
+        pytest.skip(f"the real CIFAR-10 is not available (set {ENV_VAR})")
     return data_dir
 
 
