@@ -215,9 +215,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
                        loader_batches=args.loader_batches)
     print(f"device: {result['device_name']} ({result['device']}), {result['torch_threads']} torch threads, "
           f"batch {result['batch_size']}")
-    print(f"train step, fast path ({result['fast_path']}): {result['train_images_per_second']:8.1f} images/s")
-    print(f"train step, fp32 channels-first eager:      {result['baseline_fp32_images_per_second']:8.1f} images/s"
-          f"  -> fast path is {result['fast_vs_baseline']:.2f}x")
+    print(f"train step, fast path ({result['fast_path']}): {result['train_images_per_second']:8.1f} images/s "
+          f"({result['train_gflops']:.0f} GFLOP/s at {result['train_gflop_per_image']:.2f} GFLOP per image)")
+    print(f"train step, fp32 channels-first eager:      {result['baseline_fp32_images_per_second']:8.1f} images/s "
+          f"({result['baseline_fp32_gflops']:.0f} GFLOP/s)  -> fast path is {result['fast_vs_baseline']:.2f}x")
     print(f"loader with training augmentations ({result['loader_workers']} workers): "
           f"{result['loader_images_per_second']:8.1f} images/s  -> {result['loader_vs_model']:.1f}x the model")
     if args.json:

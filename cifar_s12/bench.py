@@ -39,6 +39,18 @@ def train_step_throughput(cfg: TrainConfig, runtime: Runtime, batch_size: int, s
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def training_flops_per_image(cfg: TrainConfig) -> float:
+    """Floating-point operations of one training step per image (forward and backward), counted by torch's
+    FlopCounterMode (convolutions and matrix products; 2 per multiply-add). Images/s times this is the arithmetic
+    rate, to hold against the hardware's peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model_for(cfg).train()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(2, 3, 32, 32)).sum().backward()  # 2 images: BatchNorm needs more than one in training
+    return counter.get_total_flops() / 2
+
+
 def loader_throughput(cfg: TrainConfig, data: CifarData, batch_size: int, batches: int, num_workers: int) -> float:
     """Images/s the training DataLoader delivers with the training augmentations, all workers busy."""
     loader = make_loader(CifarDataset(data.train, train_transform(cfg.augment, seed=0)), batch_size, train=True,
@@ -69,6 +81,10 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
         "loader_workers": workers,
         "loader_images_per_second": loader_throughput(cfg, data, batch_size, loader_batches, workers),
     }
+    flops = training_flops_per_image(cfg)
+    result["train_gflop_per_image"] = flops / 1e9
+    result["train_gflops"] = result["train_images_per_second"] * flops / 1e9
+    result["baseline_fp32_gflops"] = result["baseline_fp32_images_per_second"] * flops / 1e9
     result["fast_vs_baseline"] = result["train_images_per_second"] / result["baseline_fp32_images_per_second"]
     result["loader_vs_model"] = result["loader_images_per_second"] / result["train_images_per_second"]
     return result
