@@ -36,6 +36,11 @@ from .train import (LRFindResult, RunResult, Runtime, build_criterion, build_loa
                     steepest_descent_lr)
 from .utils import lightning_precision, pick_device, read_checkpoint_file, seed_everything, write_json
 
+# Lightning's own notices that a user cannot act on: an internal deprecation of its pytree code under newer torch,
+# and ModelSummary's note that it sizes bf16 parameters as fp32 (they are fp32: autocast keeps fp32 weights).
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+
 # The LR range tests: torch-lr-finder (shared with the plain trainer) or Lightning's Tuner.lr_find.
 LR_FINDERS = {"torch": "torch-lr-finder", "lightning": "Lightning Tuner.lr_find"}
 
