@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,50 +18,68 @@ from .model import MODELS
 from .utils import PRECISIONS
 
 
+def _parse(kind: type, text: str):
+    """``int(text)`` or a finite ``float(text)``, as an argparse error that says what was wrong."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {'a whole number' if kind is int else 'a number'}: {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _parse(int, text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _parse(int, text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
+def _seed(text: str) -> int:
+    value = _parse(int, text)
+    if not 0 <= value < 2**63:  # torch.manual_seed takes a signed 64-bit number
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
+    return value
+
+
 def _num_iter(text: str) -> int:
-    value = int(text)
+    value = _parse(int, text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be 2 or more (a range test needs two LRs), got {text}")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _parse(float, text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _parse(float, text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    value = _parse(float, text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
 def _unit_interval(text: str) -> float:
-    value = float(text)
+    value = _parse(float, text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
@@ -81,7 +101,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
                    help="fail instead of downloading CIFAR-10 when it is missing")
     p.add_argument("--subset", type=_positive_int, help="train on a class-balanced subset of N images")
     p.add_argument("--test-subset", type=_positive_int, help="evaluate on a class-balanced subset of N test images")
-    p.add_argument("--seed", type=_non_negative_int, help="seeds weights, shuffling and augmentations (default: 1)")
+    p.add_argument("--seed", type=_seed, help="seeds weights, shuffling and augmentations (default: 1)")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="auto (default): bf16 autocast + channels_last where bf16 is native (AVX512-bf16/AMX CPUs, "
                         "Ampere+ GPUs), fp16 on older GPUs, else fp32; fp32 turns it off")
@@ -104,7 +124,8 @@ LIGHTNING_FLAGS = {"devices": "--devices", "accelerator": "--accelerator", "stra
 def _check_trainer_flags(args: argparse.Namespace) -> None:
     given = [flag for name, flag in LIGHTNING_FLAGS.items() if getattr(args, name) not in (None, False)]
     if args.trainer != "lightning" and (given or args.lr_finder == "lightning"):
-        raise UserError(f"{', '.join(given or ['--lr-finder lightning'])} need --trainer lightning")
+        flags = given or ["--lr-finder lightning"]
+        raise UserError(f"{', '.join(flags)} {'needs' if len(flags) == 1 else 'need'} --trainer lightning")
     if args.lr_finder and not args.find_lr:
         raise UserError("--lr-finder chooses the range test of --find-lr; pass --find-lr too")
     if args.resume:
@@ -120,6 +141,8 @@ def _check_trainer_flags(args: argparse.Namespace) -> None:
 def _check_out_dir(path: str, flag: str = "--out") -> Path:
     """Check --out before any work, so a bad path fails now and not after the first epoch (nothing is created yet:
     a run that fails on its data leaves no empty folder behind)."""
+    if not path.strip():
+        raise UserError(f"{flag} is empty: name a folder")
     out = Path(path)
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
@@ -162,6 +185,8 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     from .plots import plot_lr_finder, plot_lr_finders, save_figure
 
     _check_out_file(args.plot, "--plot")
+    if args.start_lr >= args.end_lr:
+        raise UserError(f"--start-lr ({args.start_lr:g}) must be below --end-lr ({args.end_lr:g})")
     kinds = list(LR_FINDERS) if args.lr_finder == "both" else [args.lr_finder]
     results = range_tests(kinds, _config(args), start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter)
     if len(results) == 1:
@@ -188,7 +213,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _devices(text: str) -> int | str:
-    return int(text) if text.isdigit() else text  # a count, "auto", or Lightning's list of indices "0,1"
+    """A count (1 or more), "auto", or Lightning's list of device indices such as "0,1"."""
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    if text == "auto" or re.fullmatch(r"\d+(,\d+)+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"must be a count of 1 or more, 'auto' or indices like 0,1; got {text!r}")
 
 
 def _add_lightning_flags(p: argparse.ArgumentParser) -> None:
@@ -210,7 +240,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.json:
         _check_out_file(args.json, "--json")
-    cfg = make_config("best", model=args.model, data_dir=args.data_dir, num_workers=args.num_workers)
+    cfg = make_config("best", model=args.model, data_dir=args.data_dir, num_workers=args.num_workers,
+                      download=args.download)
     result = run_bench(cfg, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                        loader_batches=args.loader_batches)
     print(f"device: {result['device_name']} ({result['device']}), {result['torch_threads']} torch threads, "
@@ -239,7 +270,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     _check_out_dir(args.out)
     for line in write_report(args.checkpoint, args.out, data_dir=args.data_dir, test_images=args.subset,
-                             layer=args.layer, opacity=args.opacity, n=args.n):
+                             layer=args.layer, opacity=args.opacity, n=args.n, download=args.download):
         print(line)
 
 
@@ -293,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=4, help="timed training steps per variant")
     p.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed steps first")
     p.add_argument("--loader-batches", type=_positive_int, default=20)
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="CIFAR-10 location, for the loader (default: $CIFAR_S12_DATA, else data/)")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="fail instead of downloading CIFAR-10 when it is missing")
     p.add_argument("--workers", type=_non_negative_int, dest="num_workers")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
@@ -306,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model.pt from train, or a Lightning .ckpt")
     p.add_argument("--data-dir", help="CIFAR-10 location (default: where the run found it, if it is still there; "
                                       "else $CIFAR_S12_DATA, else data/)")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="fail instead of downloading CIFAR-10 when it is missing")
     p.add_argument("--subset", type=_positive_int, help="use a class-balanced subset of N test images")
     p.add_argument("--layer", help="GradCAM layer, dotted module name (default: the model's cam_layer)")
     p.add_argument("--opacity", type=_unit_interval, default=0.5, help="GradCAM heatmap opacity (default: 0.5)")

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from .dataset import CifarDataset, Split, make_loader
 from .errors import UserError
-from .model import build_model
+from .model import NUM_CLASSES, build_model
 from .train import Runtime, predict_logits
 from .transform import test_transform
 from .utils import CHECKPOINT_FORMAT, atomic_path, read_checkpoint_file
@@ -49,6 +49,9 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
     path = Path(path)
     payload = read_checkpoint_file(path)
     if payload.get("format") == CHECKPOINT_FORMAT:
+        missing = [key for key in ("model", "model_kwargs", "config", "classes", "state_dict") if key not in payload]
+        if missing:
+            raise UserError(f"{path} is an incomplete cifar_s12 checkpoint (no {', '.join(missing)})")
         name, kwargs, config, classes = (payload["model"], payload["model_kwargs"], payload["config"],
                                          payload["classes"])
         state = payload["state_dict"]
@@ -61,6 +64,8 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         raise UserError(f"{path} is a torch file but not a cifar_s12 checkpoint (no model name and classes in it)")
     if not classes:
         raise UserError(f"{path} does not name its classes (hyper_parameters['classes'])")
+    if len(classes) != NUM_CLASSES:
+        raise UserError(f"{path} names {len(classes)} classes; the models here predict {NUM_CLASSES}")
     model = _build(name, kwargs, path)
     try:
         model.load_state_dict(state)
@@ -189,6 +194,25 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> nn.Module:
     return model.get_submodule(name)
 
 
+def check_cam_layer(model: nn.Module, name: str | None = None) -> str:
+    """``name`` (default: ``default_cam_layer``) if GradCAM can use it, else a UserError: GradCAM weighs the
+    channels of a feature map, so the layer must output (N, C, H, W). One forward pass of a blank image tells."""
+    name = name or default_cam_layer(model)
+    layer = resolve_layer(model, name)
+    shapes = []
+    handle = layer.register_forward_hook(lambda module, args, output: shapes.append(getattr(output, "shape", None)))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
+    finally:
+        handle.remove()
+    if not shapes or shapes[0] is None or len(shapes[0]) != 4:
+        raise UserError(f"GradCAM needs a layer that outputs a feature map (N, C, H, W); {name!r} outputs "
+                        f"{tuple(shapes[0]) if shapes and shapes[0] is not None else 'no tensor'}: choose a "
+                        f"convolutional block such as {default_cam_layer(model)}")
+    return name
+
+
 def gradcam(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int], layer: str | None = None) -> np.ndarray:
     """GradCAM maps, (N, H, W) float32 in [0, 1] at the inputs' size, one per image for its class in ``targets``.
 
@@ -221,12 +245,14 @@ def load_image(path: str | os.PathLike, size: int = 32) -> tuple[np.ndarray, str
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"image {path} is a folder, not an image file")
     if not path.is_file():
         raise UserError(f"image {path} does not exist")
     try:
         with Image.open(path) as image:
             image.load()
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:  # the last: a huge image
         raise UserError(f"{path} is not an image PIL can read ({type(err).__name__})") from None
     changes = []
     if image.mode != "RGB":

@@ -64,13 +64,20 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Tru
 def _load_torchvision(root: Path, download: bool) -> CifarData:
     from torchvision.datasets import CIFAR10
 
+    if root.exists() and not root.is_dir():
+        raise UserError(f"the CIFAR-10 location {root} is a file, not a folder (--data-dir / ${ENV_VAR})")
+    existed = root.exists()
     try:
         splits = [CIFAR10(str(root), train=train, download=download) for train in (True, False)]
     except Exception as err:  # no network, no files, or a read-only folder: one message names both ways out
+        if not existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # the failed download's empty folder: leave nothing behind
+        tried = ("downloading is off (--no-download)" if not download
+                 else f"could not be downloaded ({type(err).__name__}: {err})")
         raise UserError(
-            f"CIFAR-10 not found in {root} and could not be downloaded ({type(err).__name__}: {err}). "
-            f"Either allow the download (torchvision fetches it into --data-dir), or point --data-dir / "
-            f"${ENV_VAR} at an image-folder tree with train/<class>/*.png and test/<class>/*.png.") from None
+            f"CIFAR-10 not found in {root} and {tried}. Either allow the download (torchvision fetches it into "
+            f"--data-dir), or point --data-dir / ${ENV_VAR} at an image-folder tree with train/<class>/*.png and "
+            f"test/<class>/*.png.") from None
     train, test = (Split(np.asarray(s.data, dtype=np.uint8), np.asarray(s.targets, dtype=np.int64)) for s in splits)
     return CifarData(train, test, source=f"torchvision:{root}", classes=tuple(splits[0].classes))
 
@@ -106,15 +113,16 @@ def _decode(folder) -> Split:
 
     images = np.empty((len(folder.samples), 32, 32, 3), dtype=np.uint8)
     labels = np.empty(len(folder.samples), dtype=np.int64)
-    for i, (path, label) in enumerate(tqdm(folder.samples, desc=f"decoding {Path(folder.root).name}",
-                                           mininterval=2, leave=False)):
-        try:
-            image = np.asarray(folder.loader(path))  # PIL, converted to RGB
-        except Exception as err:
-            raise UserError(f"cannot read image {path} ({type(err).__name__}): replace or delete it") from None
-        if image.shape != (32, 32, 3):
-            raise UserError(f"image {path} is {image.shape[1]}x{image.shape[0]}; CIFAR-10 images are 32x32")
-        images[i], labels[i] = image, label
+    # `with`: the bar is cleared before an error is printed, so the error line starts the line.
+    with tqdm(folder.samples, desc=f"decoding {Path(folder.root).name}", mininterval=2, leave=False) as bar:
+        for i, (path, label) in enumerate(bar):
+            try:
+                image = np.asarray(folder.loader(path))  # PIL, converted to RGB
+            except Exception as err:
+                raise UserError(f"cannot read image {path} ({type(err).__name__}): replace or delete it") from None
+            if image.shape != (32, 32, 3):
+                raise UserError(f"image {path} is {image.shape[1]}x{image.shape[0]}; CIFAR-10 images are 32x32")
+            images[i], labels[i] = image, label
     return Split(images, labels)
 
 

@@ -246,7 +246,7 @@ def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: i
             callbacks=[history, LearningRateMonitor(logging_interval="step"), best, last, ModelSummary(max_depth=2),
                        TQDMProgressBar()],
             log_every_n_steps=10, default_root_dir=out)
-    except (MisconfigurationException, ValueError) as err:  # e.g. --accelerator gpu without a GPU, --devices 0, a bad --strategy
+    except (MisconfigurationException, ValueError, TypeError) as err:  # e.g. --accelerator gpu, no GPU; a bad --strategy
         raise UserError(f"Lightning cannot set up this run: {str(err).splitlines()[0]}") from None
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .analysis import (LoadedModel, Predictions, confusion_matrix, default_cam_layer, first_per_class, gradcam,
-                       load_checkpoint, normalised, per_class_accuracy, predict_split, resolve_layer,
+from .analysis import (LoadedModel, Predictions, check_cam_layer, confusion_matrix, default_cam_layer,
+                       first_per_class, gradcam, load_checkpoint, normalised, per_class_accuracy, predict_split,
                        write_per_class_csv)
 from .config import TrainConfig
 from .dataset import Split, load_cifar10, subset
@@ -23,15 +23,16 @@ from .transform import train_transform
 
 def write_report(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, data_dir: str | None = None,
                  test_images: int | None = None, layer: str | None = None, opacity: float = 0.5,
-                 n: int = 20) -> list[str]:
+                 n: int = 20, download: bool = True) -> list[str]:
     """Write every figure and table of ``checkpoint`` to ``out_dir``; returns what it did, one line each.
 
     One pass over the test set (or a class-balanced ``test_images`` subset) gives the predictions every figure uses.
     """
     loaded = load_checkpoint(checkpoint)
-    resolve_layer(loaded.model, layer)  # an unknown layer name fails now, not after the slow part
+    check_cam_layer(loaded.model, layer)  # a layer GradCAM cannot use fails now, not after the slow part
     trained_on = loaded.config.get("data_dir")  # where the run found CIFAR-10, if that folder is here too
-    data = load_cifar10(data_dir or (trained_on if trained_on and Path(trained_on).is_dir() else None))
+    data = load_cifar10(data_dir or (trained_on if trained_on and Path(trained_on).is_dir() else None),
+                        download=download)
     test = subset(data, test=test_images).test
     preds = predict_split(loaded, test)
     out = Path(out_dir)

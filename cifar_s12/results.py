@@ -16,20 +16,32 @@ KEY_FIELDS = ("trainer", "recipe", "epochs", "train_images", "device")
 
 
 def load_runs(folder: str | os.PathLike) -> list[dict]:
-    paths = sorted(Path(folder).glob("*.json"))
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"results folder {folder} {'is a file' if folder.exists() else 'does not exist'}")
     runs = []
-    for path in paths:
+    for path in sorted(folder.glob("*.json")):
         try:
             run = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise UserError(f"cannot read run {path}: {err}") from None
-        if "final_test_accuracy" not in run or "config" not in run:
-            raise UserError(f"{path} is not a metrics.json (no final_test_accuracy/config)")
+        if not _is_metrics(run):
+            raise UserError(f"{path} is not a metrics.json (it needs final_test_accuracy, wall_seconds and a "
+                            f"config with epochs and seed)")
         if run.get("epochs_completed", run["config"]["epochs"]) < run["config"]["epochs"]:
             continue  # an unfinished run is not a result
         run["_file"] = path.name
         runs.append(run)
     return runs
+
+
+def _is_metrics(run) -> bool:
+    """The fields the table reads, with the types it reads them as."""
+    config = run.get("config") if isinstance(run, dict) else None
+    numbers = (int, float)
+    return (isinstance(config, dict) and isinstance(run.get("final_test_accuracy"), numbers)
+            and isinstance(run.get("wall_seconds"), numbers) and isinstance(config.get("epochs"), int)
+            and isinstance(config.get("seed"), int))
 
 
 def summarise(runs: list[dict]) -> list[dict]:

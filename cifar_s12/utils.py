@@ -153,6 +153,8 @@ def read_checkpoint_file(path: str | os.PathLike, context: str = "") -> dict:
     refuses; the file is the user's own training output.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{context}checkpoint {path} is a folder; name the file (model.pt or a .ckpt)")
     if not path.is_file():
         raise UserError(f"{context}checkpoint {path} does not exist")
     try:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_s12.analysis import (Predictions, collect_logits, confusion_matrix, first_per_class, gradcam,
+from cifar_s12.analysis import (Predictions, check_cam_layer, collect_logits, confusion_matrix, first_per_class, gradcam,
                                 load_checkpoint, load_image, normalised, per_class_accuracy, predict_probabilities,
                                 predict_split, resolve_layer, top_k, write_per_class_csv)
 from cifar_s12.dataset import CLASSES, CifarDataset, make_loader, subset
@@ -72,6 +72,19 @@ def test_a_torch_file_without_model_and_classes_is_refused(tmp_path):
     torch.save(torch.zeros(3), tmp_path / "t.pt")
     with pytest.raises(UserError, match="not a checkpoint"):
         load_checkpoint(tmp_path / "t.pt")
+
+
+def test_a_tampered_checkpoint_is_refused_not_a_traceback(checkpoint, tmp_path):
+    torch.save({"format": "cifar_s12.checkpoint/1"}, tmp_path / "tag-only.pt")
+    with pytest.raises(UserError, match="incomplete cifar_s12 checkpoint .*no model, model_kwargs"):
+        load_checkpoint(tmp_path / "tag-only.pt")
+    payload = torch.load(checkpoint, weights_only=False)
+    payload["classes"] = ["a", "b", "c"]
+    torch.save(payload, tmp_path / "three.pt")
+    with pytest.raises(UserError, match="names 3 classes; the models here predict 10"):
+        load_checkpoint(tmp_path / "three.pt")
+    with pytest.raises(UserError, match="is a folder"):
+        load_checkpoint(tmp_path)
 
 
 def test_a_lightning_ckpt_with_other_weights_is_refused(checkpoint, tmp_path):
@@ -148,6 +161,13 @@ def test_unknown_layer_lists_valid_names(loaded):
     assert "no layer 'layer3.9'" in message and "layer3" in message and "\n" not in message
 
 
+def test_gradcam_layer_must_output_a_feature_map(loaded):
+    assert check_cam_layer(loaded.model) == "layer3.1.body.1"
+    assert check_cam_layer(loaded.model, "layer2") == "layer2"
+    with pytest.raises(UserError, match=r"'fc' outputs \(1, 10\): choose a convolutional block"):
+        check_cam_layer(loaded.model, "fc")
+
+
 def test_first_per_class_gives_one_of_each_class_per_row():
     labels = np.array([3, 1, 0, 2, 1, 0, 3, 2, 2, 0])
     assert labels[first_per_class(labels, 2)].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
@@ -165,6 +185,15 @@ def test_load_image_converts_mode_and_size_with_a_note(tmp_path):
         load_image(tmp_path / "notes.txt")
     with pytest.raises(UserError, match="does not exist"):
         load_image(tmp_path / "missing.png")
+    with pytest.raises(UserError, match="is a folder"):
+        load_image(tmp_path)
+
+
+def test_an_image_too_large_for_pil_is_refused(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels > 2x the limit: a "decompression bomb"
+    with pytest.raises(UserError, match="not an image PIL can read \\(DecompressionBombError\\)"):
+        load_image(tmp_path / "big.png")
 
 
 def test_predict_probabilities_sum_to_one_and_top_k_is_sorted(loaded, test_split):

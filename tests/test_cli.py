@@ -33,6 +33,37 @@ def test_invalid_arguments_are_argparse_errors(args):
     assert r.returncode == 2 and "usage:" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train", "--seed", str(2**64), "--out", "x"], "must be in [0, 2**63)"),
+    (["train", "--max-lr", "inf", "--out", "x"], "must be a finite number"),
+    (["train", "--weight-decay", "1e999", "--out", "x"], "must be a finite number"),
+    (["train", "--epochs", "abc", "--out", "x"], "not a whole number: 'abc'"),
+    (["lr-find", "--end-lr", "nan"], "must be a finite number"),
+    (["train", "--trainer", "lightning", "--devices", "abc", "--out", "x"], "must be a count of 1 or more"),
+    (["train", "--trainer", "lightning", "--devices", "0", "--out", "x"], "must be a count of 1 or more"),
+])
+def test_bad_numbers_are_argparse_errors_in_plain_words(args, message, capsys):
+    from cifar_s12.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "_positive" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["lr-find", "--start-lr", "10", "--end-lr", "1e-5"], "--start-lr (10) must be below --end-lr (1e-05)"),
+    (["train", "--out", ""], "--out is empty"),
+    (["train", "--resume", "last.ckpt", "--out", "x"], "--resume needs --trainer lightning"),
+])
+def test_inconsistent_flags_fail_before_any_work(args, message, capsys):
+    from cifar_s12.__main__ import main
+
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+
+
 def test_missing_data_is_one_line_and_exit_2(tmp_path):
     r = cli("train", "--data-dir", tmp_path / "nothing", "--no-download", "--out", tmp_path / "run")
     assert r.returncode == 2, r.stderr

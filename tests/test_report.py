@@ -5,6 +5,8 @@ from PIL import Image
 
 from test_cli import cli
 
+from cifar_s12.errors import UserError
+
 
 def assert_one_line_error(r, *fragments):
     assert r.returncode == 2, (r.stdout, r.stderr[-2000:])
@@ -66,3 +68,14 @@ def test_bad_input_is_one_line_and_exit_2(case, checkpoint, tmp_path):
         assert_one_line_error(cli("report", "--checkpoint", checkpoint, "--layer", "layer9", "--out", tmp_path / "o"),
                               "no layer 'layer9'", "layer3.1.body.1")
     assert not (tmp_path / "o").exists()
+
+
+def test_report_checks_the_layer_before_the_data_and_honours_no_download(checkpoint, tmp_path):
+    from cifar_s12.report import write_report
+
+    missing = tmp_path / "no-data"
+    with pytest.raises(UserError, match="GradCAM needs a layer that outputs a feature map"):
+        write_report(checkpoint, tmp_path / "o", data_dir=str(missing), layer="fc", download=False)
+    with pytest.raises(UserError, match=r"downloading is off \(--no-download\)"):
+        write_report(checkpoint, tmp_path / "o", data_dir=str(missing), download=False)
+    assert not missing.exists() and not (tmp_path / "o").exists()

@@ -44,6 +44,20 @@ def test_a_file_that_is_not_a_run(tmp_path):
         load_runs(tmp_path)
 
 
+@pytest.mark.parametrize("content", ['{"final_test_accuracy": 0.9, "config": {}}', "3", '{"config": "x"}',
+                                     b"\xff\xfe{}"])
+def test_a_json_file_that_is_not_a_run_is_one_error(tmp_path, content):
+    path = tmp_path / "run.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UserError, match="run.json"):
+        load_runs(tmp_path)
+
+
+def test_a_results_folder_that_is_not_there(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_runs(tmp_path / "none")
+
+
 def test_results_command_prints_the_table(tmp_path):
     import subprocess
     import sys
@@ -55,5 +69,9 @@ def test_results_command_prints_the_table(tmp_path):
                        text=True, cwd=REPO_DIR)
     assert r.returncode == 0 and "| torch | best | 24 | 50,000 | 1 | 94.12 ± 0.00" in r.stdout
     empty = subprocess.run([sys.executable, "-m", "cifar_s12", "results", "--dir", str(tmp_path / "none")],
+                           capture_output=True, text=True, cwd=REPO_DIR)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: results folder") and "does not exist" in empty.stderr
+    (tmp_path / "empty").mkdir()
+    empty = subprocess.run([sys.executable, "-m", "cifar_s12", "results", "--dir", str(tmp_path / "empty")],
                            capture_output=True, text=True, cwd=REPO_DIR)
     assert empty.returncode == 2 and empty.stderr.startswith("error: no finished runs")
