@@ -140,7 +140,7 @@ def test_lr_finders_side_by_side_plot(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--trainer", "lightning", "--resume", "nothing.ckpt"], "error: --resume: checkpoint nothing.ckpt does not exist"),
     (["--trainer", "lightning", "--resume", "README.md"], "error: --resume: README.md is not a checkpoint"),
-    (["--devices", "2"], "error: --devices need --trainer lightning"),
+    (["--devices", "2"], "error: --devices needs --trainer lightning"),
     (["--trainer", "lightning", "--resume", "README.md", "--epochs", "3"],
      "error: --resume continues the checkpoint's recipe; drop --epochs"),
     pytest.param(["--trainer", "lightning", "--accelerator", "gpu"], "error: Lightning cannot set up this run",
