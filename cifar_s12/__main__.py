@@ -29,60 +29,24 @@ def _parse(kind: type, text: str):
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = _parse(int, text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _number(kind: type, ok, requirement: str):
+    """An argparse type: ``kind(text)`` (finite, for floats) that passes ``ok``, else "must be <requirement>"."""
+    def parse(text: str):
+        value = _parse(kind, text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = _parse(int, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = _parse(int, text)
-    if not 0 <= value < 2**63:  # torch.manual_seed takes a signed 64-bit number
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
-    return value
-
-
-def _num_iter(text: str) -> int:
-    value = _parse(int, text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be 2 or more (a range test needs two LRs), got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _parse(float, text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _parse(float, text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _parse(float, text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def _unit_interval(text: str) -> float:
-    value = _parse(float, text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+_positive_int = _number(int, lambda v: v > 0, "a positive integer")
+_non_negative_int = _number(int, lambda v: v >= 0, "0 or more")
+_seed = _number(int, lambda v: 0 <= v < 2**63, "in [0, 2**63)")  # torch.manual_seed takes a signed 64-bit number
+_num_iter = _number(int, lambda v: v >= 2, "2 or more (a range test needs two LRs)")
+_non_negative_float = _number(float, lambda v: v >= 0, "0 or more")
+_positive_float = _number(float, lambda v: v > 0, "a positive number")
+_fraction = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+_unit_interval = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
