@@ -49,6 +49,16 @@ _fraction = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 _unit_interval = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
+def _add_data_flags(p: argparse.ArgumentParser, where: str, download_default: bool | None = True) -> None:
+    """--data-dir and --no-download, declared once for every command that reads CIFAR-10.
+
+    `download_default=None` leaves the choice to the recipe (TrainConfig.download) unless the flag is given.
+    """
+    p.add_argument("--data-dir", help=f"CIFAR-10 location{where}")
+    p.add_argument("--no-download", dest="download", action="store_false", default=download_default,
+                   help="fail instead of downloading CIFAR-10 when it is missing")
+
+
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     """Flags that override fields of the chosen recipe; left out, the recipe's value stands."""
     p.add_argument("--recipe", choices=sorted(RECIPES), default="best", help="preset hyper-parameters (default: best)")
@@ -59,10 +69,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=_non_negative_float, help="best: 5e-4, course: 1e-4")
     p.add_argument("--label-smoothing", type=_fraction, help="best: 0.2, course: 0")
     p.add_argument("--dropout", type=_fraction, help="dropout after every conv block, custom_resnet only (default: 0)")
-    p.add_argument("--data-dir", help="CIFAR-10 location: torchvision's files (downloaded if missing) or an "
-                                      "image-folder tree train/<class>/*.png (default: $CIFAR_S12_DATA, else data/)")
-    p.add_argument("--no-download", dest="download", action="store_false", default=None,
-                   help="fail instead of downloading CIFAR-10 when it is missing")
+    _add_data_flags(p, ": torchvision's files (downloaded if missing) or an image-folder tree "
+                       "train/<class>/*.png (default: $CIFAR_S12_DATA, else data/)", download_default=None)
     p.add_argument("--subset", type=_positive_int, help="train on a class-balanced subset of N images")
     p.add_argument("--test-subset", type=_positive_int, help="evaluate on a class-balanced subset of N test images")
     p.add_argument("--seed", type=_seed, help="seeds weights, shuffling and augmentations (default: 1)")
@@ -288,9 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=4, help="timed training steps per variant")
     p.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed steps first")
     p.add_argument("--loader-batches", type=_positive_int, default=20)
-    p.add_argument("--data-dir", help="CIFAR-10 location, for the loader (default: $CIFAR_S12_DATA, else data/)")
-    p.add_argument("--no-download", dest="download", action="store_false",
-                   help="fail instead of downloading CIFAR-10 when it is missing")
+    _add_data_flags(p, ", for the loader (default: $CIFAR_S12_DATA, else data/)")
     p.add_argument("--workers", type=_non_negative_int, dest="num_workers")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
@@ -301,10 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="figures and tables of a trained model on the test set, written to --out")
     p.add_argument("--checkpoint", required=True, help="model.pt from train, or a Lightning .ckpt")
-    p.add_argument("--data-dir", help="CIFAR-10 location (default: where the run found it, if it is still there; "
-                                      "else $CIFAR_S12_DATA, else data/)")
-    p.add_argument("--no-download", dest="download", action="store_false",
-                   help="fail instead of downloading CIFAR-10 when it is missing")
+    _add_data_flags(p, " (default: where the run found it, if it is still there; else $CIFAR_S12_DATA, else data/)")
     p.add_argument("--subset", type=_positive_int, help="use a class-balanced subset of N test images")
     p.add_argument("--layer", help="GradCAM layer, dotted module name (default: the model's cam_layer)")
     p.add_argument("--opacity", type=_unit_interval, default=0.5, help="GradCAM heatmap opacity (default: 0.5)")

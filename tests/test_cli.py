@@ -51,6 +51,19 @@ def test_bad_numbers_are_argparse_errors_in_plain_words(args, message, capsys):
     assert exit_.value.code == 2 and message in err and "_positive" not in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("command, default", [(["train", "--out", "x"], None), (["lr-find"], None),
+                                              (["report", "--checkpoint", "m.pt", "--out", "x"], True),
+                                              (["bench"], True)])
+def test_every_data_reading_command_takes_no_download(command, default):
+    """Recipe commands leave download to the recipe (None); report and bench download unless told not to."""
+    from cifar_s12.__main__ import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(command).download is default
+    assert parser.parse_args([*command, "--no-download"]).download is False
+    assert parser.parse_args([*command, "--data-dir", "d"]).data_dir == "d"
+
+
 @pytest.mark.parametrize("args, message", [
     (["lr-find", "--start-lr", "10", "--end-lr", "1e-5"], "--start-lr (10) must be below --end-lr (1e-05)"),
     (["train", "--out", ""], "--out is empty"),
