@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import RECIPES, TrainConfig, make_config
 from .errors import UserError
 from .model import MODELS
-from .utils import PRECISIONS
+from .runtime import PRECISIONS
 
 
 def _parse(kind: type, text: str):
@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from .lit import LR_FINDERS, range_tests
+    from .lr_find import LR_FINDERS, range_tests
     from .plots import plot_lr_finder, plot_lr_finders, save_figure
 
     _check_out_file(args.plot, "--plot")
@@ -172,7 +172,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .lit import compare_trainers
+    from .compare import compare_trainers
 
     s = compare_trainers(_config(args), _check_out_dir(args.out))
     for name in ("torch", "lightning"):
@@ -241,7 +241,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
     _check_out_dir(args.out)
-    for line in write_report(args.checkpoint, args.out, data_dir=args.data_dir, test_images=args.subset,
+    for line in write_report(args.checkpoint, args.out, data_dir=args.data_dir, test_images=args.test_subset,
                              layer=args.layer, opacity=args.opacity, n=args.n, download=args.download):
         print(line)
 
@@ -276,9 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lr-find", help="LR range test: print the suggested max LR and save the plot")
     _add_recipe_flags(p)
-    p.add_argument("--start-lr", type=_positive_float, default=1e-5)
-    p.add_argument("--end-lr", type=_positive_float, default=10.0)
-    p.add_argument("--num-iter", type=_num_iter, default=100)
+    p.add_argument("--start-lr", type=_positive_float, default=1e-5, help="first LR of the test (default: 1e-5)")
+    p.add_argument("--end-lr", type=_positive_float, default=10.0, help="last LR of the test (default: 10)")
+    p.add_argument("--num-iter", type=_num_iter, default=100, help="training steps, LR rising exponentially "
+                                                                    "(default: 100)")
     p.add_argument("--plot", default="lr_finder.png", help="where to save the plot (default: lr_finder.png)")
     p.add_argument("--lr-finder", choices=["torch", "lightning", "both"], default="torch",
                    help="torch-lr-finder (default), Lightning's Tuner.lr_find, or both side by side")
@@ -291,13 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="measure training-step (fast path vs fp32 baseline) and loader throughput")
-    p.add_argument("--model", choices=sorted(MODELS), default="custom_resnet")
-    p.add_argument("--batch-size", type=_positive_int, default=512)
-    p.add_argument("--steps", type=_positive_int, default=4, help="timed training steps per variant")
-    p.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed steps first")
-    p.add_argument("--loader-batches", type=_positive_int, default=20)
+    p.add_argument("--model", choices=sorted(MODELS), default="custom_resnet", help="network (default: custom_resnet)")
+    p.add_argument("--batch-size", type=_positive_int, default=512, help="images per step (default: 512)")
+    p.add_argument("--steps", type=_positive_int, default=4, help="timed training steps per variant (default: 4)")
+    p.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed steps first (default: 2)")
+    p.add_argument("--loader-batches", type=_positive_int, default=20,
+                   help="batches the loader is timed on (default: 20)")
     _add_data_flags(p, ", for the loader (default: $CIFAR_S12_DATA, else data/)")
-    p.add_argument("--workers", type=_non_negative_int, dest="num_workers")
+    p.add_argument("--workers", type=_non_negative_int, dest="num_workers",
+                   help="loader workers (default: CPU count, max 8)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
 
@@ -308,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="figures and tables of a trained model on the test set, written to --out")
     p.add_argument("--checkpoint", required=True, help="model.pt from train, or a Lightning .ckpt")
     _add_data_flags(p, " (default: where the run found it, if it is still there; else $CIFAR_S12_DATA, else data/)")
-    p.add_argument("--subset", type=_positive_int, help="use a class-balanced subset of N test images")
+    # --test-subset, as in train; --subset is kept as a hidden alias (earlier versions named it so).
+    p.add_argument("--test-subset", "--subset", type=_positive_int, dest="test_subset",
+                   help="use a class-balanced subset of N test images")
     p.add_argument("--layer", help="GradCAM layer, dotted module name (default: the model's cam_layer)")
     p.add_argument("--opacity", type=_unit_interval, default=0.5, help="GradCAM heatmap opacity (default: 0.5)")
     p.add_argument("-n", type=_positive_int, default=20, help="misclassified images to show (default: 20)")

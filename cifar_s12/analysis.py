@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from .dataset import CifarDataset, Split, make_loader
 from .errors import UserError
 from .model import NUM_CLASSES, build_model
-from .train import Runtime, predict_logits
+from .runtime import Runtime, predict_logits
 from .transform import test_transform
 from .utils import CHECKPOINT_FORMAT, atomic_path, read_checkpoint_file
 

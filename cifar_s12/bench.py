@@ -10,9 +10,11 @@ import time
 
 import torch
 
+from .builders import build_criterion, build_model_for, build_optimizer
 from .config import TrainConfig
 from .dataset import CifarData, CifarDataset, default_num_workers, load_cifar10, make_loader
-from .train import Runtime, build_criterion, build_model_for, build_optimizer, train_step
+from .runtime import Runtime
+from .train import train_step
 from .transform import train_transform
 
 

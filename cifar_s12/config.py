@@ -33,10 +33,10 @@ class TrainConfig:
     pct_start: float = 5 / 24
     div_factor: float = 25.0
     final_div_factor: float = 1e4
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(cutout_p=1.0))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # pad-crop, flip, 8x8 cutout on every image
     tta: bool = False              # also report test accuracy with horizontal-flip test-time augmentation
     seed: int = 1
-    precision: str = "auto"        # auto | bf16 | fp16 | fp32 (see utils.autocast_dtype)
+    precision: str = "auto"        # auto | bf16 | fp16 | fp32 (see runtime.autocast_dtype)
     subset: int | None = None      # class-balanced training subset, for quick runs
     test_subset: int | None = None
     num_workers: int | None = None

@@ -1,9 +1,9 @@
 """The Lightning trainer: the package's model, data and OneCycle schedule, with PyTorch Lightning running the loop.
 
-Nothing here re-derives the recipe: the model, optimizer, OneCycle, criterion and DataLoaders come from train.py's
-builders, and metrics.json / model.pt / curves.png from its writers, so both trainers produce the same outputs.
-Read top to bottom: LightningModule -> DataModule -> history callback -> Trainer -> LR range tests -> fit_lightning
--> compare_trainers.
+Nothing here re-derives the recipe: the model, optimizer, OneCycle, criterion and DataLoaders come from
+builders.py, and metrics.json / model.pt / curves.png from train.py's writers, so both trainers produce the same
+outputs. Read top to bottom: LightningModule -> DataModule -> history callback -> Trainer -> Lightning's LR range
+test -> fit_lightning.
 """
 from __future__ import annotations
 
@@ -26,24 +26,20 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from .builders import build_criterion, build_loaders, build_model_for, build_optimizer, build_scheduler, load_data
 from .config import TrainConfig
 from .dataset import CLASSES, CifarData, load_cifar10
 from .errors import UserError
+from .lr_find import LR_FINDERS, LRFindResult, range_test, steepest_descent_lr
 from .model import NUM_CLASSES, build_model
-from .train import (LRFindResult, RunResult, Runtime, build_criterion, build_loaders, build_model_for,
-                    build_optimizer, build_scheduler, find_lr, fit, format_epoch, new_metrics, predict_logits,
-                    prepare_data, range_test_iters, record_epoch, save_outputs, save_run_figures,
-                    steepest_descent_lr)
-from .utils import lightning_precision, pick_device, read_checkpoint_file, seed_everything, write_json
+from .runtime import accelerator_device, lightning_precision, predict_logits
+from .train import RunResult, format_epoch, new_metrics, record_epoch, save_outputs, save_run_figures
+from .utils import read_checkpoint_file, seed_everything, write_json
 
 # Lightning's own notices that a user cannot act on: an internal deprecation of its pytree code under newer torch,
 # and ModelSummary's note that it sizes bf16 parameters as fp32 (they are fp32: autocast keeps fp32 weights).
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
-
-# The LR range tests: torch-lr-finder (shared with the plain trainer) or Lightning's Tuner.lr_find.
-LR_FINDERS = {"torch": "torch-lr-finder", "lightning": "Lightning Tuner.lr_find"}
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # The LightningModule
@@ -141,7 +137,7 @@ class CifarDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:  # each process loads once (from the cache) whatever stages follow
-            self.data = prepare_data(self.cfg, self.given)
+            self.data = load_data(self.cfg, self.given)
             self.loaders = build_loaders(self.cfg, self.data)
             processes = self.trainer.world_size if self.trainer is not None else 1
             if len(self.loaders[0]) < processes:  # under DDP each process takes its share of the batches
@@ -217,11 +213,6 @@ class EpochHistory(Callback):
 
 # ----------------------------------------------------------------------------------------------------------------
 # The Trainer
-def accelerator_device(accelerator: str = "auto") -> torch.device:
-    """The kind of device Lightning's ``accelerator`` runs on, for choosing the precision."""
-    return pick_device(None if accelerator == "auto" else {"gpu": "cuda"}.get(accelerator, accelerator))
-
-
 def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: int | str = 1, accelerator: str = "auto",
                   strategy: str = "auto", max_epochs: int | None = None, fast_dev_run: bool = False) -> pl.Trainer:
     """The defaults a Lightning user expects: TensorBoard + CSV logs under ``out``, LR monitor, best-val-accuracy
@@ -286,10 +277,10 @@ def resume_config(hparams: dict, cfg: TrainConfig) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# LR range tests: torch-lr-finder (as the plain trainer) or Lightning's Tuner.lr_find
-def lightning_lr_find(cfg: TrainConfig, model: nn.Module, datamodule: CifarDataModule, accelerator: str = "auto",
+# Lightning's LR range test (lr_find.range_test runs it for --lr-finder lightning)
+def lightning_lr_find(cfg: TrainConfig, model: nn.Module, loaders, accelerator: str = "auto",
                       start_lr: float = 1e-5, end_lr: float = 10.0, num_iter: int = 100) -> LRFindResult:
-    """Lightning's exponential range test on one device; ``model``'s weights are restored afterwards."""
+    """``Tuner.lr_find`` on one device over ``loaders`` (train, test); ``model``'s weights are restored afterwards."""
     from pytorch_lightning.tuner import Tuner
 
     module = CifarLitModule.from_config(cfg, model=model)
@@ -299,36 +290,11 @@ def lightning_lr_find(cfg: TrainConfig, model: nn.Module, datamodule: CifarDataM
                              logger=False, enable_checkpointing=False, enable_model_summary=False,
                              num_sanity_val_steps=0, default_root_dir=tmp)
         with ctrl_c_raises(trainer):
-            finder = Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=start_lr, max_lr=end_lr,
-                                            num_training=num_iter, update_attr=False)
+            finder = Tuner(trainer).lr_find(module, train_dataloaders=loaders[0], val_dataloaders=loaders[1],
+                                            min_lr=start_lr, max_lr=end_lr, num_training=num_iter, update_attr=False)
     lrs, losses = [float(v) for v in finder.results["lr"]], [float(v) for v in finder.results["loss"]]
     suggestion = finder.suggestion()
     return LRFindResult(suggestion if suggestion is not None else steepest_descent_lr(lrs, losses), lrs, losses)
-
-
-def range_test(kind: str, cfg: TrainConfig, model: nn.Module, datamodule: CifarDataModule,
-               accelerator: str = "auto", **limits) -> LRFindResult:
-    """Run the LR range test ``kind`` (see LR_FINDERS) from ``model``'s current weights, which it leaves as found.
-    ``limits``: start_lr, end_lr, num_iter (default: ``range_test_iters``, as the plain trainer)."""
-    if kind not in LR_FINDERS:
-        raise UserError(f"unknown LR finder {kind!r}; choose from {', '.join(LR_FINDERS)}")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    limits.setdefault("num_iter", range_test_iters(len(datamodule.train_dataloader())))
-    if kind == "lightning":
-        return lightning_lr_find(cfg, model, datamodule, accelerator, **limits)
-    runtime = Runtime.create(cfg.precision, accelerator_device(accelerator).type)
-    return find_lr(runtime.prepare(model), datamodule.train_dataloader(), cfg, runtime, **limits)
-
-
-def range_tests(kinds, cfg: TrainConfig, accelerator: str = "auto", **limits) -> dict[str, LRFindResult]:
-    """Each range test of ``kinds`` from the same seeded initial weights and data, for comparing them."""
-    datamodule = CifarDataModule(cfg)
-    results = {}
-    for kind in kinds:
-        seed_everything(cfg.seed)
-        results[kind] = range_test(kind, cfg, build_model_for(cfg), datamodule, accelerator, **limits)
-    return results
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -395,7 +361,9 @@ def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: 
     if trainer.world_size > 1:
         raise UserError("--find-lr needs a single device (each process would find its own LR): run lr-find, "
                         "then pass --max-lr")
-    result = range_test(lr_finder, cfg, model, datamodule, accelerator)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    result = range_test(lr_finder, cfg, model, datamodule.loaders, accelerator)
     log(f"LR range test ({LR_FINDERS[lr_finder]}) suggests max_lr = {result.suggested_lr:.3g}")
     seed_everything(cfg.seed)  # training starts from the same random state with or without the range test ...
     datamodule.rebuild_loaders()  # ... and from fresh loaders (the test advanced their random streams)
@@ -404,42 +372,3 @@ def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: 
 
 def describe_trainer(trainer: pl.Trainer) -> str:
     return f"{trainer.strategy.root_device.type} x{trainer.world_size}, {trainer.precision}"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Parity and overhead: both trainers, same seed and recipe
-def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
-    """Train ``cfg`` with the plain loop, then with Lightning (one device), on the same data; write and return the
-    two final test accuracies, the mean training images/s over the epochs and Lightning's share of plain's.
-
-    Also the CPU seconds each whole run used (this process and its loader workers), beside the wall-clock numbers.
-    On a shared machine both grow with the neighbours' load (idle threads spin), so compare runs made together.
-    """
-    out = Path(out_dir)
-    data = load_cifar10(cfg.data_dir, download=cfg.download)  # loaded once; each trainer takes the same subset
-    runs = {"torch": lambda: fit(cfg, out / "torch", data=data, log=log),
-            "lightning": lambda: fit_lightning(cfg, out / "lightning", data=data, log=log)}
-    summary = {}
-    for name, run in runs.items():
-        cpu_before = _cpu_seconds()
-        m = run().metrics
-        summary[name] = {"final_test_accuracy": m["final_test_accuracy"],
-                         # all training images over all training seconds (not a mean of per-epoch rates)
-                         "images_per_second": (sum(h["images_per_second"] * h["epoch_seconds"] for h in m["history"])
-                                               / sum(h["epoch_seconds"] for h in m["history"])),
-                         "images_per_second_by_epoch": [h["images_per_second"] for h in m["history"]],
-                         "wall_seconds": m["wall_seconds"], "cpu_seconds": _cpu_seconds() - cpu_before}
-    summary["throughput_ratio"] = summary["lightning"]["images_per_second"] / summary["torch"]["images_per_second"]
-    summary["accuracy_difference"] = (summary["lightning"]["final_test_accuracy"]
-                                      - summary["torch"]["final_test_accuracy"])
-    write_json(out / "compare.json", summary)
-    return summary
-
-
-def _cpu_seconds() -> float:
-    import gc
-    import resource
-
-    gc.collect()  # frees the finished run's loaders, so their worker processes exit and count as children
-    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return sum(u.ru_utime + u.ru_stime for u in usage)

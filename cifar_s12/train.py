@@ -1,169 +1,31 @@
-"""The plain-PyTorch trainer: optimizer + OneCycle construction (shared with Lightning), train/test epochs, fit.
+"""The plain-PyTorch trainer: one epoch of training, one pass of evaluation, the whole run (fit), and the
+metrics.json / model.pt / figures writers that the Lightning trainer shares.
 
-Read top to bottom: Runtime (device + precision) -> builders -> LR range test -> one epoch -> evaluate -> fit.
+Everything the recipe builds (model, optimizer, OneCycle, loss, loaders) comes from builders.py, so this module is
+only the loop. Read top to bottom: train_step -> train_epoch -> evaluate -> fit -> writers.
 """
 from __future__ import annotations
 
+import itertools
 import time
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
-from tqdm import TqdmWarning, tqdm
-
 # Text progress bars everywhere (terminal, Jupyter, Colab, a saved notebook): widget bars need ipywidgets and leave
-# nothing readable in committed outputs. Lightning's bar makes the same choice without ipywidgets. tqdm.auto's
-# "IProgress not found" warning (torch-lr-finder imports it) is noise.
-warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+# nothing readable in committed outputs. Lightning's bar makes the same choice without ipywidgets.
+from tqdm import tqdm
 
+from .builders import build_criterion, build_loaders, build_model_for, build_optimizer, build_scheduler, load_data
 from .config import TrainConfig
-from .dataset import CifarData, CifarDataset, load_cifar10, make_loader, subset
+from .dataset import CifarData
 from .errors import UserError
-from .model import build_model, count_parameters
-from .transform import test_transform, train_transform
-from .utils import (autocast_dtype, cli_command, interrupts_deferred, pick_device, save_checkpoint, seed_everything,
-                    write_json)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Device and precision
-@dataclass
-class Runtime:
-    """Where and how fast: the device and the autocast dtype (None = fp32). Mixed precision goes with
-    channels_last, which lets oneDNN (CPU) and cuDNN (GPU) use their fastest convolution kernels."""
-
-    device: torch.device
-    dtype: torch.dtype | None
-    scaler: torch.amp.GradScaler = field(init=False)
-
-    def __post_init__(self):
-        # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed 32x32 input: time cuDNN's algorithms once, keep the fastest
-
-    @classmethod
-    def create(cls, precision: str = "auto", device: str | None = None) -> "Runtime":
-        dev = pick_device(device)
-        return cls(dev, autocast_dtype(dev, precision))
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.dtype is not None else torch.contiguous_format
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        return model.to(self.device, memory_format=self.memory_format)
-
-    def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
-
-    def describe(self) -> str:
-        return f"{self.device.type}, {str(self.dtype).replace('torch.', '') if self.dtype else 'fp32'}"
-
-
-class AutocastModel(nn.Module):
-    """Runs ``model`` under the runtime's autocast and memory format, returning fp32 logits.
-
-    For code that drives the model itself and knows nothing of mixed precision (torch-lr-finder, pytorch-grad-cam).
-    """
-
-    def __init__(self, model: nn.Module, runtime: Runtime):
-        super().__init__()
-        self.model, self.runtime = model, runtime
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self.runtime.autocast():
-            return self.model(self.runtime.inputs(x)).float()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Builders shared by both trainers
-def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    lr = lr if lr is not None else (cfg.max_lr or 1e-3)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=True,
-                               weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    raise UserError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adam")
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_lr: float,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.OneCycleLR:
-    """OneCycle stepped every batch: linear up to ``max_lr`` at ``pct_start`` (epoch 5 of 24), linear down."""
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start,
-        anneal_strategy="linear", three_phase=False, div_factor=cfg.div_factor,
-        final_div_factor=cfg.final_div_factor, cycle_momentum=False)  # constant momentum, as in Page's recipe
-
-
-def build_criterion(cfg: TrainConfig) -> nn.Module:
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-
-def build_model_for(cfg: TrainConfig) -> nn.Module:
-    try:
-        return build_model(cfg.model, **cfg.model_kwargs())
-    except (ValueError, TypeError) as err:
-        raise UserError(f"cannot build model {cfg.model!r}: {err}") from None
-
-
-def prepare_data(cfg: TrainConfig, data: CifarData | None = None) -> CifarData:
-    data = data if data is not None else load_cifar10(cfg.data_dir, download=cfg.download)
-    return subset(data, cfg.subset, cfg.test_subset, seed=0)  # the same subset whatever the training seed
-
-
-def build_loaders(cfg: TrainConfig, data: CifarData):
-    train_ds = CifarDataset(data.train, train_transform(cfg.augment, seed=cfg.seed))
-    test_ds = CifarDataset(data.test, test_transform())
-    return (make_loader(train_ds, cfg.batch_size, train=True, num_workers=cfg.num_workers, seed=cfg.seed),
-            make_loader(test_ds, cfg.batch_size, train=False, num_workers=cfg.num_workers))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# LR range test (torch-lr-finder)
-@dataclass
-class LRFindResult:
-    suggested_lr: float
-    lrs: list[float]
-    losses: list[float]
-
-
-def find_lr(model: nn.Module, loader, cfg: TrainConfig, runtime: Runtime, start_lr: float = 1e-5,
-            end_lr: float = 10.0, num_iter: int = 100) -> LRFindResult:
-    """Exponential LR range test; suggests the LR where the loss falls fastest (steepest negative gradient).
-
-    torch-lr-finder restores the model's and optimizer's state afterwards, so training starts from the same weights.
-    """
-    from torch_lr_finder import LRFinder
-
-    optimizer = build_optimizer(model, cfg, lr=start_lr)
-    finder = LRFinder(AutocastModel(model, runtime), optimizer, build_criterion(cfg), device=runtime.device)
-    finder.range_test(loader, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, step_mode="exp")
-    lrs, losses = list(finder.history["lr"]), list(finder.history["loss"])
-    finder.reset()
-    return LRFindResult(steepest_descent_lr(lrs, losses), lrs, losses)
-
-
-def range_test_iters(steps_per_epoch: int) -> int:
-    """Range-test steps before a run with no max LR (both trainers): 100, or 3 epochs of a small subset."""
-    return max(2, min(100, 3 * steps_per_epoch))
-
-
-def steepest_descent_lr(lrs: list[float], losses: list[float], skip_start: int = 10, skip_end: int = 5) -> float:
-    """torch-lr-finder's suggestion rule (min of d loss / d step after trimming the ends), without a plot."""
-    import numpy as np
-
-    if len(lrs) <= skip_start + skip_end + 1:
-        skip_start, skip_end = 0, 0
-    sel_lrs, sel_losses = lrs[skip_start:len(lrs) - skip_end], losses[skip_start:len(losses) - skip_end]
-    return float(sel_lrs[int(np.gradient(np.asarray(sel_losses)).argmin())])
+from .lr_find import LRFindResult, find_lr, range_test_iters
+from .model import count_parameters
+from .runtime import Runtime, predict_logits
+from .utils import cli_command, interrupts_deferred, save_checkpoint, seed_everything, write_json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -180,16 +42,24 @@ def train_step(model, x, y, optimizer, criterion, runtime: Runtime) -> tuple[tor
     return loss, logits
 
 
-def train_epoch(model, loader, optimizer, scheduler, criterion, runtime: Runtime, desc: str = "train") -> dict:
+def train_epoch(model, loader, optimizer, scheduler, criterion, runtime: Runtime, desc: str = "train",
+                lrs: list[float] | None = None) -> dict:
+    """One pass over ``loader``, stepping ``scheduler`` after every batch; the LR of each step is appended to ``lrs``."""
     model.train()
     accuracy = MulticlassAccuracy(num_classes=10, average="micro").to(runtime.device)
     loss_sum, seen = torch.zeros((), device=runtime.device), 0
-    bar = tqdm(loader, desc=desc, leave=False, mininterval=1.0, dynamic_ncols=True)
+    # Exactly len(loader) batches, as Lightning takes them. Running a worker-less loader to its end would make
+    # RandomSampler draw one more (empty) permutation from the shuffling generator, and from epoch 2 on the two
+    # trainers would see the data in different orders.
+    batches = itertools.islice(loader, len(loader))
+    bar = tqdm(batches, total=len(loader), desc=desc, leave=False, mininterval=1.0, dynamic_ncols=True)
     start = time.perf_counter()
     for step, (x, y) in enumerate(bar):
         x, y = runtime.inputs(x), y.to(runtime.device, non_blocking=True)
         loss, logits = train_step(model, x, y, optimizer, criterion, runtime)
         lr = optimizer.param_groups[0]["lr"]  # the LR this step used (after the last step OneCycle overshoots)
+        if lrs is not None:
+            lrs.append(lr)
         scheduler.step()
         loss_sum += loss.detach() * len(y)  # stays on the device: no sync per step
         seen += len(y)
@@ -221,14 +91,6 @@ def evaluate(model, loader, criterion, runtime: Runtime, tta: bool = False, desc
     return {"test_loss": loss_sum.item() / seen, "test_acc": accuracy.compute().item()}
 
 
-def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """fp32 logits; with ``tta`` the average of the image's and its mirror image's."""
-    logits = model(x).float()
-    if tta:
-        logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
-    return logits
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The whole run
 @dataclass
@@ -247,7 +109,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
     wall_start = time.perf_counter()
     seed_everything(cfg.seed)
     runtime = runtime or Runtime.create(cfg.precision)
-    data = prepare_data(cfg, data)
+    data = load_data(cfg, data)
     train_loader, test_loader = build_loaders(cfg, data)
     if len(train_loader) == 0:
         raise UserError(f"no training batches: {len(data.train)} images with batch size {cfg.batch_size}")
@@ -268,15 +130,15 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, cfg.max_lr, len(train_loader))
     criterion = build_criterion(cfg)
-    lr_schedule = planned_lrs(cfg, cfg.max_lr, len(train_loader))
+    lr_schedule: list[float] = []  # the LR of every step, as the optimizer used it
     out = Path(out_dir) if out_dir else None
     metrics = new_metrics("torch", cfg, model, runtime.describe(), data, train_loader.num_workers)
     for epoch in range(1, cfg.epochs + 1):
         stats = train_epoch(model, train_loader, optimizer, scheduler, criterion, runtime,
-                            desc=f"epoch {epoch}/{cfg.epochs}")
+                            desc=f"epoch {epoch}/{cfg.epochs}", lrs=lr_schedule)
         stats.update(evaluate(model, test_loader, criterion, runtime))
         row = {"epoch": epoch, **stats}
-        record_epoch(metrics, row, lr_schedule[:epoch * len(train_loader)], wall_start)
+        record_epoch(metrics, row, lr_schedule, wall_start)
         log(format_epoch(row, cfg.epochs))
         if out:
             save_outputs(out, model, cfg, data.classes, metrics)
@@ -337,15 +199,3 @@ def save_run_figures(out: Path, metrics: dict, lr_find: LRFindResult | None = No
     save_figure(plot_curves(metrics["history"], metrics["lr_schedule"]), out / "curves.png")
     if lr_find:
         save_figure(plot_lr_finder(lr_find.lrs, lr_find.losses, lr_find.suggested_lr), out / "lr_finder.png")
-
-
-def planned_lrs(cfg: TrainConfig, max_lr: float, steps_per_epoch: int) -> list[float]:
-    """The LR at every optimizer step of the run, from the same scheduler the trainers use (for the LR plot)."""
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=max_lr)
-    sched = build_scheduler(opt, cfg, max_lr, steps_per_epoch)
-    lrs = []
-    for _ in range(steps_per_epoch * cfg.epochs):
-        lrs.append(sched.get_last_lr()[0])
-        opt.step()
-        sched.step()
-    return lrs

@@ -25,14 +25,15 @@ class AugmentConfig:
     pad: int = 4              # pad to 32 + 2*pad, then take a random 32x32 crop
     flip_p: float = 0.5       # horizontal flip
     cutout_size: int = 8      # one square hole, filled with the data mean (0 after normalisation)
-    cutout_p: float = 0.5
+    cutout_p: float = 1.0     # every image (Page's recipe); the course preset uses 0.5
     gray_p: float = 0.0       # optional ToGray
 
 
 def train_transform(cfg: AugmentConfig = AugmentConfig(), seed: int | None = None) -> A.Compose:
     """Normalize -> PadIfNeeded -> RandomCrop -> HorizontalFlip -> CoarseDropout -> ToTensorV2 (ToGray first if on).
 
-    Normalising first means the cutout hole and the padding can be filled with 0, which is the data mean.
+    Normalising first means the cutout hole can be filled with 0, which is the data mean. The padding reflects the
+    image's edge rows and columns (BORDER_REFLECT_101), so a crop never shows an artificial border.
     """
     size = 32
     steps: list[A.BasicTransform] = []

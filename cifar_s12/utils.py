@@ -1,4 +1,6 @@
-"""Small shared helpers: seeding, device and precision choice, atomic file writes, checkpoints."""
+"""Small shared helpers: seeding, the command line of a run, atomic file writes, checkpoints.
+
+Device and precision choice live in runtime.py."""
 from __future__ import annotations
 
 import json
@@ -17,9 +19,6 @@ import torch
 from torch import nn
 
 from .errors import UserError
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
 
 COMMAND_ENV_VAR = "CIFAR_S12_COMMAND"
 
@@ -41,47 +40,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """``name`` if given, else cuda > mps > cpu."""
-    if name and name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
-
-    auto: bf16 where the hardware computes it natively: CPUs with AVX512-bf16 or AMX (2.8x fp32's speed on the
-    development machines' AMD EPYC), CUDA GPUs from Ampere on. fp16 on older GPUs (e.g. Colab's T4, where
-    bf16 would only be emulated), fp32 on CPUs without bf16 instructions (emulated bf16 is slower than fp32)
-    and on MPS.
-    """
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if precision == "fp32" or (precision == "auto" and device.type == "mps"):
-        return None
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-        return torch.bfloat16 if native_cpu_bf16() else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-bf16 or AMX), which oneDNN's bf16 kernels need to be fast."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def lightning_precision(device: torch.device, precision: str = "auto") -> str:
-    """The same choice as ``autocast_dtype``, spelled the way Lightning's Trainer wants it."""
-    dtype = autocast_dtype(device, precision)
-    return {None: "32-true", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}[dtype]
 
 
 @contextmanager

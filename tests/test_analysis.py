@@ -8,8 +8,7 @@ from cifar_s12.analysis import (Predictions, check_cam_layer, collect_logits, co
                                 predict_split, resolve_layer, top_k, write_per_class_csv)
 from cifar_s12.dataset import CLASSES, CifarDataset, make_loader, subset
 from cifar_s12.errors import UserError
-from cifar_s12.train import Runtime
-from cifar_s12.utils import autocast_dtype
+from cifar_s12.runtime import Runtime, autocast_dtype
 from cifar_s12.transform import test_transform as eval_transform
 
 FP32 = Runtime.create("fp32", "cpu")

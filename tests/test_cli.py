@@ -64,6 +64,13 @@ def test_every_data_reading_command_takes_no_download(command, default):
     assert parser.parse_args([*command, "--data-dir", "d"]).data_dir == "d"
 
 
+def test_report_test_subset_keeps_the_old_subset_spelling():
+    from cifar_s12.__main__ import build_parser
+
+    for flag in ("--test-subset", "--subset"):
+        assert build_parser().parse_args(["report", "--checkpoint", "m.pt", "--out", "x", flag, "50"]).test_subset == 50
+
+
 @pytest.mark.parametrize("args, message", [
     (["lr-find", "--start-lr", "10", "--end-lr", "1e-5"], "--start-lr (10) must be below --end-lr (1e-05)"),
     (["train", "--out", ""], "--out is empty"),

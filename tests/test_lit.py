@@ -1,4 +1,4 @@
-"""The Lightning trainer: module, data module, outputs (via the CLI), DDP on 2 CPU processes, resume, LR finders."""
+"""The Lightning trainer: module, data module, outputs (via the CLI), DDP on 2 CPU processes, resume."""
 import json
 import signal
 
@@ -11,7 +11,8 @@ from test_cli import cli
 from cifar_s12.__main__ import main
 from cifar_s12.config import make_config
 from cifar_s12.lit import CifarDataModule, CifarLitModule, fit_lightning
-from cifar_s12.train import HISTORY_KEYS, planned_lrs
+from cifar_s12.builders import planned_lrs
+from cifar_s12.train import HISTORY_KEYS
 
 # Small and quick: a few hundred images, batches of 32-64, 1-3 epochs, no loader workers (the CPU is shared).
 TINY = dict(subset=256, test_subset=128, batch_size=64, max_lr=0.05, num_workers=0)
@@ -126,15 +127,6 @@ def test_metrics_and_model_are_written_after_every_epoch(data, tmp_path, monkeyp
     fit_lightning(make_config("best", epochs=2, **TINY), tmp_path, data=data, log=lambda *_: None)
     assert writes == [1, 2]  # after each epoch, so an interrupted run keeps its last one
     assert json.loads((tmp_path / "metrics.json").read_text())["loader_workers"] == 0
-
-
-def test_lr_finders_side_by_side_plot(tmp_path):
-    plot = tmp_path / "both.png"
-    r = cli("lr-find", "--lr-finder", "both", "--subset", "128", "--batch-size", "32", "--num-iter", "8",
-            "--workers", "0", "--plot", plot)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "torch-lr-finder" in r.stdout and "Lightning" in r.stdout
-    assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("args, message", [

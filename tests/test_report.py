@@ -17,7 +17,7 @@ def assert_one_line_error(r, *fragments):
 
 def test_report_writes_every_figure_and_table(checkpoint, tmp_path):
     out = tmp_path / "report"
-    r = cli("report", "--checkpoint", checkpoint, "--subset", "50", "-n", "6", "--layer", "layer3.1",
+    r = cli("report", "--checkpoint", checkpoint, "--test-subset", "50", "-n", "6", "--layer", "layer3.1",
             "--opacity", "0.4", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "test accuracy" in r.stdout and "layer layer3.1" in r.stdout

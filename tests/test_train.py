@@ -2,52 +2,13 @@ import json
 import os
 import signal
 
-import numpy as np
 import pytest
 import torch
 
 import cifar_s12.train as train
-from cifar_s12.config import RECIPES, make_config
-from cifar_s12.errors import UserError
-from cifar_s12.model import CustomResNet
-from cifar_s12.train import (Runtime, build_loaders, build_optimizer, build_scheduler, find_lr, fit, planned_lrs,
-                             prepare_data)
-
-
-def test_onecycle_peaks_at_epoch_5_of_24_and_is_linear():
-    cfg = make_config("best", max_lr=0.4)
-    steps = 10
-    lrs = np.array(planned_lrs(cfg, 0.4, steps))
-    assert len(lrs) == 24 * steps
-    peak = int(lrs.argmax())
-    assert abs(peak - 5 * steps) <= 1 and lrs[peak] == pytest.approx(0.4)
-    assert lrs[0] == pytest.approx(0.4 / cfg.div_factor)
-    assert lrs[-1] == pytest.approx(0.4 / cfg.div_factor / cfg.final_div_factor, abs=2e-3)
-    up, down = np.diff(lrs[:peak]), np.diff(lrs[peak + 1:])
-    assert np.allclose(up, up[0]) and np.allclose(down, down[0]) and down[0] < 0  # linear both ways
-
-
-def test_optimizers():
-    model = CustomResNet()
-    sgd = build_optimizer(model, make_config("best"))
-    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["weight_decay"] == 5e-4
-    assert isinstance(build_optimizer(model, RECIPES["course"]), torch.optim.Adam)
-    with pytest.raises(UserError):
-        build_optimizer(model, make_config("best", optimizer="rmsprop"))
-    sched = build_scheduler(sgd, make_config("best", epochs=2), 0.1, steps_per_epoch=5)
-    assert sched.total_steps == 10
-
-
-def test_lr_finder_suggests_within_range_and_restores_the_model(data):
-    cfg = make_config("best", subset=256, batch_size=32, num_workers=0)
-    runtime = Runtime.create("auto")
-    loader, _ = build_loaders(cfg, prepare_data(cfg, data))
-    model = runtime.prepare(CustomResNet())
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = find_lr(model, loader, cfg, runtime, start_lr=1e-4, end_lr=1.0, num_iter=20)
-    assert 1e-4 <= result.suggested_lr <= 1.0
-    assert len(result.lrs) == len(result.losses) > 0
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+from cifar_s12.builders import planned_lrs
+from cifar_s12.config import make_config
+from cifar_s12.train import fit
 
 
 def test_short_run_learns_well_above_chance(data, tmp_path):

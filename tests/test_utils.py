@@ -1,33 +1,6 @@
 import pytest
-import torch
 
-from cifar_s12 import utils
-from cifar_s12.errors import UserError
-from cifar_s12.utils import COMMAND_ENV_VAR, atomic_path, autocast_dtype, cli_command, lightning_precision, write_json
-
-
-def test_precision_choice_on_cpu(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(utils, "native_cpu_bf16", lambda: True)  # AVX512-bf16 or AMX
-    assert autocast_dtype(cpu, "auto") == torch.bfloat16
-    assert lightning_precision(cpu, "auto") == "bf16-mixed"
-    assert autocast_dtype(cpu, "fp32") is None
-    monkeypatch.setattr(utils, "native_cpu_bf16", lambda: False)  # bf16 would be emulated: slower than fp32
-    assert autocast_dtype(cpu, "auto") is None
-    assert lightning_precision(cpu, "auto") == "32-true"
-    assert autocast_dtype(cpu, "bf16") == torch.bfloat16  # asked for explicitly, it is what the user gets
-    with pytest.raises(UserError):
-        autocast_dtype(cpu, "fp8")
-
-
-def test_precision_choice_on_cuda_does_not_count_emulated_bf16(monkeypatch):
-    cuda = torch.device("cuda")
-    # A T4 (compute capability 7.5) "supports" bf16 only through emulation.
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert autocast_dtype(cuda, "auto") == torch.float16
-    assert lightning_precision(cuda, "auto") == "16-mixed"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere and later
-    assert autocast_dtype(cuda, "auto") == torch.bfloat16
+from cifar_s12.utils import COMMAND_ENV_VAR, atomic_path, cli_command, write_json
 
 
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):

@@ -1,0 +1,96 @@
+"""LR range tests: raise the LR exponentially over a few steps, watch the loss, suggest a max LR for OneCycle.
+
+Two implementations of the same test: torch-lr-finder (the plain trainer's, and the notebooks') and Lightning's
+``Tuner.lr_find`` (in lit.py, imported only when asked for, so the plain path never needs Lightning). Both read the
+same loaders and start from the same weights, so their curves can be compared side by side.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+from tqdm import TqdmWarning
+
+from .builders import build_criterion, build_loaders, build_model_for, build_optimizer, load_data
+from .config import TrainConfig
+from .dataset import CifarData
+from .errors import UserError
+from .runtime import AutocastModel, Runtime, accelerator_device
+from .utils import seed_everything
+
+# torch-lr-finder's bar comes from tqdm.auto, which warns "IProgress not found" without ipywidgets and then draws a
+# text bar, as the trainers do: the warning is noise.
+warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+
+LR_FINDERS = {"torch": "torch-lr-finder", "lightning": "Lightning Tuner.lr_find"}
+
+
+@dataclass
+class LRFindResult:
+    suggested_lr: float
+    lrs: list[float]
+    losses: list[float]
+
+
+def find_lr(model: nn.Module, loader, cfg: TrainConfig, runtime: Runtime, start_lr: float = 1e-5,
+            end_lr: float = 10.0, num_iter: int = 100) -> LRFindResult:
+    """torch-lr-finder's exponential range test; suggests the LR where the loss falls fastest.
+
+    torch-lr-finder restores the model's and optimizer's state afterwards, so training starts from the same weights.
+    """
+    from torch_lr_finder import LRFinder
+
+    optimizer = build_optimizer(model, cfg, lr=start_lr)
+    finder = LRFinder(AutocastModel(model, runtime), optimizer, build_criterion(cfg), device=runtime.device)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # its closing line tells you to call "{finder_name}.plot()"
+        finder.range_test(loader, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, step_mode="exp")
+    if "diverged" in printed.getvalue():
+        print(f"LR range test stopped early at LR {finder.history['lr'][-1]:.3g}: the loss diverged")
+    lrs, losses = list(finder.history["lr"]), list(finder.history["loss"])
+    finder.reset()
+    return LRFindResult(steepest_descent_lr(lrs, losses), lrs, losses)
+
+
+def range_test_iters(steps_per_epoch: int) -> int:
+    """Range-test steps before a run with no max LR (both trainers): 100, or 3 epochs of a small subset."""
+    return max(2, min(100, 3 * steps_per_epoch))
+
+
+def steepest_descent_lr(lrs: list[float], losses: list[float], skip_start: int = 10, skip_end: int = 5) -> float:
+    """torch-lr-finder's suggestion rule (min of d loss / d step after trimming the ends), without a plot."""
+    if len(lrs) <= skip_start + skip_end + 1:
+        skip_start, skip_end = 0, 0
+    sel_lrs, sel_losses = lrs[skip_start:len(lrs) - skip_end], losses[skip_start:len(losses) - skip_end]
+    return float(sel_lrs[int(np.gradient(np.asarray(sel_losses)).argmin())])
+
+
+def range_test(kind: str, cfg: TrainConfig, model: nn.Module, loaders, accelerator: str = "auto",
+               **limits) -> LRFindResult:
+    """Run the range test ``kind`` (a key of LR_FINDERS) on ``loaders`` (train, test) from ``model``'s current
+    weights, which it leaves as found. ``limits``: start_lr, end_lr, num_iter (default: ``range_test_iters``)."""
+    if kind not in LR_FINDERS:
+        raise UserError(f"unknown LR finder {kind!r}; choose from {', '.join(LR_FINDERS)}")
+    limits.setdefault("num_iter", range_test_iters(len(loaders[0])))
+    if kind == "lightning":
+        from .lit import lightning_lr_find
+
+        return lightning_lr_find(cfg, model, loaders, accelerator, **limits)
+    runtime = Runtime.create(cfg.precision, accelerator_device(accelerator).type)
+    return find_lr(runtime.prepare(model), loaders[0], cfg, runtime, **limits)
+
+
+def range_tests(kinds, cfg: TrainConfig, accelerator: str = "auto", data: CifarData | None = None,
+                **limits) -> dict[str, LRFindResult]:
+    """Each range test of ``kinds`` from the same seeded initial weights and the same loaders, for comparing them.
+    ``data``: arrays already loaded (else ``cfg``'s data is loaded)."""
+    loaders = build_loaders(cfg, load_data(cfg, data))
+    results = {}
+    for kind in kinds:
+        seed_everything(cfg.seed)
+        results[kind] = range_test(kind, cfg, build_model_for(cfg), loaders, accelerator, **limits)
+    return results

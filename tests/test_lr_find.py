@@ -1,0 +1,55 @@
+"""LR range tests: torch-lr-finder and Lightning's Tuner from the same weights and loaders, and the suggestion rule."""
+import pytest
+import torch
+from test_cli import cli
+
+from cifar_s12.builders import build_loaders, load_data
+from cifar_s12.config import make_config
+from cifar_s12.errors import UserError
+from cifar_s12.lr_find import find_lr, range_tests, steepest_descent_lr
+from cifar_s12.model import CustomResNet
+from cifar_s12.runtime import Runtime
+
+
+def test_lr_finder_suggests_within_range_and_restores_the_model(data):
+    cfg = make_config("best", subset=256, batch_size=32, num_workers=0)
+    runtime = Runtime.create("auto")
+    loader, _ = build_loaders(cfg, load_data(cfg, data))
+    model = runtime.prepare(CustomResNet())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = find_lr(model, loader, cfg, runtime, start_lr=1e-4, end_lr=1.0, num_iter=20)
+    assert 1e-4 <= result.suggested_lr <= 1.0
+    assert len(result.lrs) == len(result.losses) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_torch_finder_prints_no_placeholder_line(data, capsys):
+    cfg = make_config("best", subset=128, batch_size=32, num_workers=0)
+    range_tests(["torch"], cfg, data=data, num_iter=4)
+    assert "finder_name" not in capsys.readouterr().out  # torch-lr-finder's "See the graph with {finder_name}.plot()"
+
+
+def test_both_finders_start_from_the_same_weights_and_data(data):
+    cfg = make_config("best", subset=128, batch_size=32, num_workers=0)
+    results = range_tests(["torch", "lightning", "torch"], cfg, data=data, start_lr=1e-4, end_lr=1.0, num_iter=6)
+    assert set(results) == {"torch", "lightning"}
+    lightning = results["lightning"]
+    assert len(lightning.lrs) == len(lightning.losses) == 6 and lightning.lrs[0] == pytest.approx(1e-4)
+    assert 1e-4 <= lightning.suggested_lr <= 1.0
+    with pytest.raises(UserError, match="unknown LR finder 'keras'"):
+        range_tests(["keras"], cfg, data=data)
+
+
+def test_steepest_descent_is_where_the_loss_falls_fastest():
+    lrs = [10.0 ** (k / 4 - 5) for k in range(30)]
+    losses = [2.3] * 12 + [2.3 - 0.05 * k for k in range(1, 4)] + [1.6, 1.0, 0.9] + [0.9 + 0.3 * k for k in range(12)]
+    assert steepest_descent_lr(lrs, losses) == lrs[15]  # the 0.6 drop from 2.15 to 1.6 (centred gradient)
+
+
+def test_lr_finders_side_by_side_plot(tmp_path):
+    plot = tmp_path / "both.png"
+    r = cli("lr-find", "--lr-finder", "both", "--subset", "128", "--batch-size", "32", "--num-iter", "8",
+            "--workers", "0", "--plot", plot)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torch-lr-finder" in r.stdout and "Lightning" in r.stdout
+    assert plot.read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,51 @@
+"""Device and precision: which autocast dtype each machine gets, and Runtime applying it."""
+import pytest
+import torch
+from torch import nn
+
+from cifar_s12 import runtime
+from cifar_s12.errors import UserError
+from cifar_s12.runtime import AutocastModel, Runtime, autocast_dtype, lightning_precision, predict_logits
+
+
+def test_precision_choice_on_cpu(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: True)  # AVX512-bf16 or AMX
+    assert autocast_dtype(cpu, "auto") == torch.bfloat16
+    assert lightning_precision(cpu, "auto") == "bf16-mixed"
+    assert autocast_dtype(cpu, "fp32") is None
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)  # bf16 would be emulated: slower than fp32
+    assert autocast_dtype(cpu, "auto") is None
+    assert lightning_precision(cpu, "auto") == "32-true"
+    assert autocast_dtype(cpu, "bf16") == torch.bfloat16  # asked for explicitly, it is what the user gets
+    with pytest.raises(UserError):
+        autocast_dtype(cpu, "fp8")
+
+
+def test_precision_choice_on_cuda_does_not_count_emulated_bf16(monkeypatch):
+    cuda = torch.device("cuda")
+    # A T4 (compute capability 7.5) "supports" bf16 only through emulation.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert autocast_dtype(cuda, "auto") == torch.float16
+    assert lightning_precision(cuda, "auto") == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere and later
+    assert autocast_dtype(cuda, "auto") == torch.bfloat16
+
+
+def test_mixed_precision_goes_with_channels_last_and_fp32_logits():
+    fast, plain = Runtime(torch.device("cpu"), torch.bfloat16), Runtime(torch.device("cpu"), None)
+    assert fast.memory_format == torch.channels_last and plain.memory_format == torch.contiguous_format
+    assert fast.inputs(torch.zeros(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+    conv = fast.prepare(nn.Conv2d(3, 4, 3))
+    assert AutocastModel(conv, fast)(torch.randn(2, 3, 8, 8)).dtype == torch.float32  # bf16 inside, fp32 out
+    assert not fast.scaler.is_enabled()  # only fp16 needs loss scaling
+    assert fast.describe() == "cpu, bfloat16" and plain.describe() == "cpu, fp32"
+
+
+def test_flip_tta_averages_the_image_and_its_mirror():
+    # A "model" whose logit is the mean of the left half of the image: a flip moves the right half there.
+    left_half = lambda x: x[..., : x.shape[-1] // 2].mean(dim=(1, 2, 3)).unsqueeze(1)  # noqa: E731
+    x = torch.zeros(1, 3, 4, 4)
+    x[..., 2:] = 1.0  # right half bright
+    assert predict_logits(left_half, x).item() == 0.0
+    assert predict_logits(left_half, x, tta=True).item() == pytest.approx(0.5)
