@@ -303,7 +303,7 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
                   accelerator: str = "auto", strategy: str = "auto", resume: str | os.PathLike | None = None,
                   stop_after: int | None = None, fast_dev_run: bool = False, lr_finder: str = "torch",
                   log=print) -> RunResult:
-    """Train ``cfg`` with Lightning. Writes (on rank 0) the plain trainer's ``metrics.json`` (plus
+    """Train ``cfg`` with Lightning. Writes (on rank 0) the plain trainer's ``metrics.json`` (with
     ``"trainer": "lightning"``), ``model.pt`` and ``curves.png`` to ``out_dir``, and Lightning's own outputs below
     it: ``tensorboard/``, ``csv/metrics.csv``, ``checkpoints/{best-...,last}.ckpt``.
 
