@@ -311,9 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="figures and tables of a trained model on the test set, written to --out")
     p.add_argument("--checkpoint", required=True, help="model.pt from train, or a Lightning .ckpt")
     _add_data_flags(p, " (default: where the run found it, if it is still there; else $CIFAR_S12_DATA, else data/)")
-    # --test-subset, as in train; --subset is kept as a hidden alias (earlier versions named it so).
-    p.add_argument("--test-subset", "--subset", type=_positive_int, dest="test_subset",
-                   help="use a class-balanced subset of N test images")
+    p.add_argument("--test-subset", type=_positive_int, help="use a class-balanced subset of N test images")
+    # The flag's earlier name, still accepted; not listed, so --subset means training images everywhere in --help.
+    p.add_argument("--subset", type=_positive_int, dest="test_subset", help=argparse.SUPPRESS)
     p.add_argument("--layer", help="GradCAM layer, dotted module name (default: the model's cam_layer)")
     p.add_argument("--opacity", type=_unit_interval, default=0.5, help="GradCAM heatmap opacity (default: 0.5)")
     p.add_argument("-n", type=_positive_int, default=20, help="misclassified images to show (default: 20)")

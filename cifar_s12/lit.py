@@ -121,7 +121,7 @@ class CifarLitModule(pl.LightningModule):
 # ----------------------------------------------------------------------------------------------------------------
 # The LightningDataModule
 class CifarDataModule(pl.LightningDataModule):
-    """CIFAR-10 from dataset.py with train.py's subsets and loaders; validation and test use the test split (as the
+    """CIFAR-10 from dataset.py with builders.py's subsets and loaders; validation and test use the test split (as the
     course does). ``data`` hands in arrays already loaded (notebooks, the trainer comparison)."""
 
     def __init__(self, cfg: TrainConfig, data: CifarData | None = None):

@@ -2,7 +2,7 @@
 
 Two implementations of the same test: torch-lr-finder (the plain trainer's, and the notebooks') and Lightning's
 ``Tuner.lr_find`` (in lit.py, imported only when asked for, so the plain path never needs Lightning). Both read the
-same loaders and start from the same weights, so their curves can be compared side by side.
+same batches and start from the same weights (``range_tests``), so their curves can be compared side by side.
 """
 from __future__ import annotations
 
@@ -86,11 +86,11 @@ def range_test(kind: str, cfg: TrainConfig, model: nn.Module, loaders, accelerat
 
 def range_tests(kinds, cfg: TrainConfig, accelerator: str = "auto", data: CifarData | None = None,
                 **limits) -> dict[str, LRFindResult]:
-    """Each range test of ``kinds`` from the same seeded initial weights and the same loaders, for comparing them.
-    ``data``: arrays already loaded (else ``cfg``'s data is loaded)."""
-    loaders = build_loaders(cfg, load_data(cfg, data))
+    """Each range test of ``kinds`` from the same seeded initial weights and fresh loaders (so the same batches in the
+    same order), for comparing them. ``data``: arrays already loaded (else ``cfg``'s data is loaded)."""
+    data = load_data(cfg, data)
     results = {}
     for kind in kinds:
         seed_everything(cfg.seed)
-        results[kind] = range_test(kind, cfg, build_model_for(cfg), loaders, accelerator, **limits)
+        results[kind] = range_test(kind, cfg, build_model_for(cfg), build_loaders(cfg, data), accelerator, **limits)
     return results
