@@ -10,8 +10,8 @@ import os
 import resource
 from pathlib import Path
 
+from .builders import load_data
 from .config import TrainConfig
-from .dataset import load_cifar10
 from .lit import fit_lightning
 from .train import fit
 from .utils import write_json
@@ -26,7 +26,7 @@ def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) ->
     On a shared machine both grow with the neighbours' load (idle threads spin), so compare runs made together.
     """
     out = Path(out_dir)
-    data = load_cifar10(cfg.data_dir, download=cfg.download)  # loaded once; each trainer takes the same subset
+    data = load_data(cfg)  # loaded and cut to the recipe's subsets once; both trainers get these arrays
     runs = {"torch": lambda: fit(cfg, out / "torch", data=data, log=log),
             "lightning": lambda: fit_lightning(cfg, out / "lightning", data=data, log=log)}
     summary = {}
