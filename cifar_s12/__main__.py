@@ -98,8 +98,8 @@ def _check_trainer_flags(args: argparse.Namespace) -> None:
     if args.trainer != "lightning" and (given or args.lr_finder == "lightning"):
         flags = given or ["--lr-finder lightning"]
         raise UserError(f"{', '.join(flags)} {'needs' if len(flags) == 1 else 'need'} --trainer lightning")
-    if args.lr_finder and not args.find_lr:
-        raise UserError("--lr-finder chooses the range test of --find-lr; pass --find-lr too")
+    if args.lr_finder and _config(args).max_lr is not None:  # the course recipe runs a range test by itself
+        raise UserError("--lr-finder chooses the LR range test, and this run has a fixed max LR: pass --find-lr too")
     if args.resume:
         # A resumed run continues the checkpoint's recipe and OneCycle plan; only where the data is may change.
         kept = {"recipe", "data_dir", "download", "num_workers"}
@@ -133,10 +133,21 @@ def _check_out_file(path: str, flag: str) -> Path:
     return out
 
 
+def _check_not_a_finished_run(out: Path, names: tuple[str, ...], overwrite: bool) -> None:
+    """An --out that already holds a run's files is refused unless the user says --overwrite: a new run would
+    replace a finished one's model and metrics after its first epoch."""
+    found = [name for name in names if (out / name).exists()]
+    if found and not overwrite:
+        raise UserError(f"--out {out} already holds a run ({', '.join(found)}): choose another folder, or pass "
+                        f"--overwrite to replace it")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     _check_trainer_flags(args)
     cfg = _config(args)
     out = _check_out_dir(args.out)
+    if not (args.resume or args.fast_dev_run):  # resuming continues the folder's run; a fast dev run writes nothing
+        _check_not_a_finished_run(out, ("metrics.json", "model.pt"), args.overwrite)
     if args.trainer == "lightning":
         from .lit import fit_lightning
 
@@ -147,16 +158,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         from .train import fit
 
         result = fit(cfg, out_dir=out)
-    if result.is_global_zero:  # under DDP every process returns here; one reports
+    if args.fast_dev_run:
+        print(f"fast dev run: one training and one test batch ran; nothing written to {out}")
+    elif result.is_global_zero:  # under DDP every process returns here; one reports
         print(f"final test accuracy {result.metrics['final_test_accuracy']:.4f} in "
               f"{result.metrics['wall_seconds']:.0f} s; wrote {out}/metrics.json, model.pt, curves.png")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
     from .lr_find import LR_FINDERS, range_tests
-    from .plots import plot_lr_finder, plot_lr_finders, save_figure
+    from .plots import figure_format, figure_formats, plot_lr_finder, plot_lr_finders, save_figure
 
     _check_out_file(args.plot, "--plot")
+    if figure_format(args.plot) not in figure_formats():
+        raise UserError(f"--plot {args.plot}: matplotlib cannot write .{figure_format(args.plot)} files; "
+                        f"use one of {', '.join(sorted(figure_formats()))}")
     if args.start_lr >= args.end_lr:
         raise UserError(f"--start-lr ({args.start_lr:g}) must be below --end-lr ({args.end_lr:g})")
     kinds = list(LR_FINDERS) if args.lr_finder == "both" else [args.lr_finder]
@@ -174,7 +190,9 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare_trainers
 
-    s = compare_trainers(_config(args), _check_out_dir(args.out))
+    out = _check_out_dir(args.out)
+    _check_not_a_finished_run(out, ("compare.json", "torch/metrics.json", "lightning/metrics.json"), args.overwrite)
+    s = compare_trainers(_config(args), out)
     for name in ("torch", "lightning"):
         by_epoch = ", ".join(f"{v:.0f}" for v in s[name]["images_per_second_by_epoch"])
         print(f"{name:9s} final test accuracy {s[name]['final_test_accuracy']:.4f} | "
@@ -269,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--find-lr", action="store_true", help="choose the peak LR with an LR range test first")
     p.add_argument("--tta", action="store_true", default=None, help="also report flip-TTA test accuracy")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
     p.add_argument("--trainer", choices=["torch", "lightning"], default="torch",
                    help="plain PyTorch loop (default) or PyTorch Lightning; same recipe and outputs")
     _add_lightning_flags(p)
@@ -289,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_flags(p)
     p.add_argument("--max-lr", type=_positive_float, help="OneCycle peak LR (default: the recipe's)")
     p.add_argument("--out", required=True, help="output folder (torch/, lightning/, compare.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace the comparison already in --out")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="measure training-step (fast path vs fp32 baseline) and loader throughput")

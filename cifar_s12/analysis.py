@@ -34,6 +34,7 @@ class LoadedModel:
     classes: tuple[str, ...]
     config: dict              # the training recipe (TrainConfig.to_dict())
     path: Path
+    data_source: str | None = None  # where the run read CIFAR-10 (model.pt records it; a Lightning .ckpt does not)
 
     def runtime(self, device: str | None = None) -> Runtime:
         """The device and autocast dtype the trainer used (its ``precision``), for inference the same way."""
@@ -72,7 +73,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
     except RuntimeError as err:
         detail = " ".join(line.strip() for line in str(err).splitlines()[1:])  # line 0 only says "Error(s)"
         raise UserError(f"{path}: its weights do not fit model {name!r}: {detail[:300]}") from None
-    return LoadedModel(model.eval(), name, tuple(classes), dict(config), path)
+    return LoadedModel(model.eval(), name, tuple(classes), dict(config), path, payload.get("data_source"))
 
 
 def _build(name: str, kwargs: dict, path: Path) -> nn.Module:

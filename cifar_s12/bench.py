@@ -13,6 +13,7 @@ import torch
 from .builders import build_criterion, build_model_for, build_optimizer
 from .config import TrainConfig
 from .dataset import CifarData, CifarDataset, default_num_workers, load_cifar10, make_loader
+from .errors import UserError
 from .runtime import Runtime
 from .train import train_step
 from .transform import train_transform
@@ -60,7 +61,7 @@ def loader_throughput(cfg: TrainConfig, data: CifarData, batch_size: int, batche
     iterator = iter(loader)
     next(iterator)  # start-up (worker spawn) is paid once per run, not per epoch: leave it out
     start, seen = time.perf_counter(), 0
-    for _ in range(min(batches, len(loader) - 1)):
+    for _ in range(batches):
         seen += len(next(iterator)[1])
     return seen / (time.perf_counter() - start)
 
@@ -71,6 +72,12 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
     fast = Runtime.create("auto", device)
     baseline = Runtime.create("fp32", device)
     data = data if data is not None else load_cifar10(cfg.data_dir, download=cfg.download)
+    # The loader is timed after its first batch (worker start-up), on at most one epoch: it needs two batches.
+    available = len(data.train) // batch_size if len(data.train) > batch_size else 1
+    if available < 2:
+        raise UserError(f"the loader benchmark needs 2 or more batches: {len(data.train):,} training images at "
+                        f"batch size {batch_size} give {available}; lower --batch-size")
+    loader_batches = min(loader_batches, available - 1)
     workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers()
     result = {
         "device": str(fast.device),
@@ -80,7 +87,7 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
         "torch_threads": torch.get_num_threads(),
         "train_images_per_second": train_step_throughput(cfg, fast, batch_size, steps, warmup),
         "baseline_fp32_images_per_second": train_step_throughput(cfg, baseline, batch_size, steps, warmup),
-        "loader_workers": workers,
+        "loader_workers": workers, "loader_batches": loader_batches,
         "loader_images_per_second": loader_throughput(cfg, data, batch_size, loader_batches, workers),
     }
     flops = training_flops_per_image(cfg)

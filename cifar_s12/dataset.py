@@ -3,13 +3,16 @@
 Where the pixels come from, chosen from ``data_dir`` (argument, else ``$CIFAR_S12_DATA``, else the repo's ``data/``):
   1. torchvision's ``CIFAR10`` files under data_dir (downloaded there when missing: the default on Colab/laptops);
   2. an image-folder tree ``data_dir/{train,test}/<class>/*.png``, read with torchvision's ``ImageFolder``,
-     decoded once and cached as arrays in ``data/cache/`` (decoding 60,000 PNGs takes ~20 s).
+     decoded once and cached as arrays in ``data/cache/`` (decoding 60,000 PNGs takes ~20 s; a changed file
+     re-decodes).
 Either way the whole data set lives in memory as uint8 HWC arrays (150 MB): airbench-style, no per-epoch file I/O.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import UserError
+from .utils import atomic_path
 
 # torchvision.datasets.CIFAR10's class order (index = position). It is also alphabetical, as ImageFolder sorts.
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -56,8 +60,13 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = Tru
                  cache_dir: str | os.PathLike | None = None) -> CifarData:
     """Load both splits from ``data_dir`` (see the module docstring for the order of sources)."""
     root = resolve_data_dir(data_dir)
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    splits = [name for name in ("train", "test") if (root / name).is_dir()]
+    if len(splits) == 2:
         return _load_image_folder(root, Path(cache_dir) if cache_dir else DEFAULT_DATA_DIR / "cache")
+    if splits:  # half an image-folder tree: say so, rather than download CIFAR-10 beside it
+        missing = ({"train", "test"} - set(splits)).pop()
+        raise UserError(f"{root} has {splits[0]}/ but no {missing}/: an image-folder tree needs both "
+                        f"train/<class>/*.png and test/<class>/*.png")
     return _load_torchvision(root, download)
 
 
@@ -92,20 +101,43 @@ def _load_image_folder(root: Path, cache_dir: Path) -> CifarData:
     for name, folder in folders.items():
         if tuple(folder.classes) != CLASSES:
             raise UserError(f"{root / name} has class folders {folder.classes}; expected CIFAR-10's {list(CLASSES)}")
-    # The cache key covers the folder and its file list, so adding or renaming files re-decodes.
-    listing = "\n".join(p for f in folders.values() for p, _ in f.samples)
-    key = hashlib.sha1(listing.encode()).hexdigest()[:16]
-    cache = cache_dir / f"cifar10-imagefolder-{key}.npz"
-    if cache.exists():
-        with np.load(cache) as z:
-            return CifarData(Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"]),
-                             source=f"image-folder:{root}")
+    cache = cache_dir / f"cifar10-imagefolder-{_cache_key(folders)}.npz"
+    source = f"image-folder:{root}"
+    cached = _read_cache(cache)
+    if cached is not None:
+        return CifarData(*cached, source=source)
     train, test = (_decode(folders[name]) for name in ("train", "test"))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npz")  # atomic: a half-written cache is never read
-    np.savez(tmp, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
-    os.replace(tmp, cache)
-    return CifarData(train, test, source=f"image-folder:{root}")
+    try:
+        # Atomic, through a temporary file of its own: a half-written cache is never read, and two runs that decode
+        # at the same time do not write into one file.
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
+    except OSError as err:  # e.g. a read-only checkout: train anyway, decode again next time
+        print(f"note: could not cache the decoded images in {cache_dir} ({err.strerror or err}); "
+              f"they will be decoded again next time", file=sys.stderr)
+    return CifarData(train, test, source=source)
+
+
+def _cache_key(folders: dict) -> str:
+    """The folder's file list with each file's size and modification time: adding, renaming or replacing an
+    image re-decodes (one stat per file, a fraction of a second for 60,000)."""
+    h = hashlib.sha1()
+    for folder in folders.values():
+        for path, _ in folder.samples:
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _read_cache(cache: Path) -> tuple[Split, Split] | None:
+    """The cached arrays, or None when there is no cache or it cannot be read (then it is decoded anew)."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as z:
+            return Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def _decode(folder) -> Split:

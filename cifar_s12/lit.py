@@ -34,7 +34,7 @@ from .lr_find import LR_FINDERS, LRFindResult, range_test, steepest_descent_lr
 from .model import NUM_CLASSES, build_model
 from .runtime import accelerator_device, lightning_precision, predict_logits
 from .train import RunResult, format_epoch, new_metrics, record_epoch, save_outputs, save_run_figures
-from .utils import read_checkpoint_file, seed_everything, write_json
+from .utils import cli_command, read_checkpoint_file, seed_everything, write_json
 
 # Lightning's own notices that a user cannot act on: an internal deprecation of its pytree code under newer torch,
 # and ModelSummary's note that it sizes bf16 parameters as fp32 (they are fp32: autocast keeps fp32 weights).
@@ -112,6 +112,19 @@ class CifarLitModule(pl.LightningModule):
         scheduler = build_scheduler(optimizer, self.cfg, max_lr, self._steps_per_epoch())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        # A resumed run restores OneCycle's state, whose plan (total_steps) counts the first part's steps per epoch.
+        # Another device count or another training set would change them: the schedule would end early, or step
+        # past its end and fail hours later. Say so now, before any epoch.
+        scheduler = self.lr_schedulers()
+        if not isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):  # Tuner.lr_find swaps in its own
+            return
+        planned, restored = self._steps_per_epoch() * self.cfg.epochs, scheduler.total_steps
+        if planned != restored:
+            raise UserError(f"--resume: the checkpoint's OneCycle schedule has {restored:,} steps, but this run "
+                            f"would take {planned:,} ({self._steps_per_epoch()} per epoch x {self.cfg.epochs}); "
+                            f"resume with the first part's --devices and training data")
+
     def _steps_per_epoch(self) -> int:
         # Optimizer steps per epoch in this process (its share of the data under DDP). OneCycle spans the recipe's
         # cfg.epochs even when the Trainer stops earlier (max_epochs < cfg.epochs), so a resumed run continues it.
@@ -172,13 +185,26 @@ class EpochHistory(Callback):
     """One history row per epoch (the keys of train.HISTORY_KEYS) and the LR of every step.
 
     images_per_second = training images (all processes) / wall time of the training part of the epoch, as in
-    train.train_epoch. Its state is saved in checkpoints, so a resumed run's metrics.json has every epoch.
+    train.train_epoch. Its state is saved in checkpoints, so a resumed run's metrics.json has every epoch, the
+    wall time of all its parts, and the commands that made them (``command``: the first, then each ``--resume``).
     """
 
-    def __init__(self, after_epoch=None):
+    def __init__(self, after_epoch=None, wall_start: float | None = None):
         self.history: list[dict] = []
         self.lrs: list[float] = []
         self.after_epoch = after_epoch  # called on rank 0 with (trainer, pl_module) once the row is recorded
+        self.wall_start = time.perf_counter() if wall_start is None else wall_start
+        self.earlier_seconds = 0.0  # wall time of the parts before a --resume
+        self.commands = [cli_command()]
+
+    @property
+    def run_start(self) -> float:
+        """A perf_counter origin that counts the earlier parts' wall time too (record_epoch's ``wall_start``)."""
+        return self.wall_start - self.earlier_seconds
+
+    @property
+    def command(self) -> str | None:
+        return " && ".join(c for c in self.commands if c) or None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._images, self._seconds, self._start = 0, 0.0, time.perf_counter()
@@ -205,10 +231,14 @@ class EpochHistory(Callback):
             self.after_epoch(trainer, pl_module)
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "lrs": self.lrs}
+        return {"history": self.history, "lrs": self.lrs, "wall_seconds": time.perf_counter() - self.run_start,
+                "commands": self.commands}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history, self.lrs = list(state_dict["history"]), list(state_dict["lrs"])
+        # Checkpoints from before these keys: their earlier part's time and command are unknown.
+        self.earlier_seconds = float(state_dict.get("wall_seconds", 0.0))
+        self.commands = [*state_dict.get("commands", [None]), *self.commands[-1:]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -266,6 +296,10 @@ def read_resume_checkpoint(path: str | os.PathLike) -> dict:
     if "config" not in hparams or "loops" not in ckpt:
         raise UserError(f"--resume: {path} is not a Lightning checkpoint of this trainer; pass "
                         f"OUT/checkpoints/last.ckpt of a --trainer lightning run")
+    done = len(ckpt.get("callbacks", {}).get(EpochHistory.__qualname__, {}).get("history", []))
+    epochs = hparams["config"].get("epochs")
+    if done and done == epochs:
+        raise UserError(f"--resume: {path} is the end of a finished run ({done} of {epochs} epochs); nothing to do")
     return hparams
 
 
@@ -323,15 +357,18 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     def run_metrics(trainer: pl.Trainer, module: CifarLitModule) -> dict:
         metrics = new_metrics("lightning", module.cfg, module.model, describe_trainer(trainer), datamodule.data,
                               datamodule.train_dataloader().num_workers)
+        metrics["command"] = history.command
         for row in history.history:
-            record_epoch(metrics, row, history.lrs, wall_start)
+            record_epoch(metrics, row, history.lrs, history.run_start)
         return metrics
 
     def save_epoch(trainer: pl.Trainer, module: CifarLitModule) -> None:
         # As the plain loop: metrics.json and model.pt after every epoch, so an interrupted run keeps its last one.
-        save_outputs(out, module.model, module.cfg, datamodule.data.classes, run_metrics(trainer, module))
+        # A fast dev run (one batch) writes nothing, as Lightning's own loggers and checkpoints do then.
+        if not fast_dev_run:
+            save_outputs(out, module.model, module.cfg, datamodule.data.classes, run_metrics(trainer, module))
 
-    history = EpochHistory(after_epoch=save_epoch)
+    history = EpochHistory(after_epoch=save_epoch, wall_start=wall_start)
     trainer = build_trainer(cfg, out, history, devices, accelerator, strategy,
                             max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
     datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data)
@@ -345,7 +382,9 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     metrics = run_metrics(trainer, module)
     if tta is not None:
         metrics["final_test_accuracy_tta"] = tta
-    metrics["wall_seconds"] = time.perf_counter() - wall_start
+    metrics["wall_seconds"] = time.perf_counter() - history.run_start
+    if fast_dev_run:
+        return RunResult(metrics, module.model, lr_result)
     write_json(out / "metrics.json", metrics)  # model.pt is already the last epoch's (save_epoch), as in train.fit
     save_run_figures(out, metrics, lr_result)
     return RunResult(metrics, module.model, lr_result)
@@ -359,8 +398,8 @@ def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: 
     if cfg.max_lr is not None:
         return CifarLitModule.from_config(cfg, model=model), None
     if trainer.world_size > 1:
-        raise UserError("--find-lr needs a single device (each process would find its own LR): run lr-find, "
-                        "then pass --max-lr")
+        raise UserError("the LR range test (--find-lr, or the course recipe) needs a single device: each process "
+                        "would find its own LR. Run lr-find, then pass --max-lr")
     datamodule.prepare_data()
     datamodule.setup("fit")
     result = range_test(lr_finder, cfg, model, datamodule.loaders, accelerator)

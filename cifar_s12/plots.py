@@ -18,9 +18,19 @@ from .transform import CIFAR10_MEAN, CIFAR10_STD
 from .utils import atomic_path
 
 
+def figure_format(path: str | os.PathLike) -> str:
+    """The file format a figure is saved in: the path's extension (.png, .pdf, .svg, ...), PNG without one."""
+    return Path(path).suffix[1:].lower() or "png"
+
+
+def figure_formats() -> set[str]:
+    return set(Figure().canvas.get_supported_filetypes())
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
+    # format= because the temporary file's name has no extension for matplotlib to go by
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format=figure_format(path), dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
 

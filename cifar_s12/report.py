@@ -30,9 +30,7 @@ def write_report(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, data
     """
     loaded = load_checkpoint(checkpoint)
     check_cam_layer(loaded.model, layer)  # a layer GradCAM cannot use fails now, not after the slow part
-    trained_on = loaded.config.get("data_dir")  # where the run found CIFAR-10, if that folder is here too
-    data = load_cifar10(data_dir or (trained_on if trained_on and Path(trained_on).is_dir() else None),
-                        download=download)
+    data = load_cifar10(data_dir or recorded_data_dir(loaded), download=download)
     test = subset(data, test=test_images).test
     preds = predict_split(loaded, test)
     out = Path(out_dir)
@@ -107,6 +105,24 @@ def write_confusion(preds: Predictions, out: Path) -> list[str]:
             f"(weakest class: {worst['class']} {worst['accuracy']:.3f})"]
 
 
+def recorded_data_dir(loaded: LoadedModel) -> str | None:
+    """Where the run found CIFAR-10, if that folder is still here: the resolved location recorded in ``model.pt``
+    or in the run's metrics.json (``data_source``), else the recipe's ``data_dir`` (None: $CIFAR_S12_DATA or data/)."""
+    metrics = read_run_metrics(run_metrics_path(loaded.path)) or {}
+    sources = [loaded.data_source, metrics.get("data_source")]
+    candidates = [str(source).partition(":")[2] for source in sources if source] + [loaded.config.get("data_dir")]
+    return next((str(c) for c in candidates if c and Path(c).is_dir()), None)
+
+
+def read_run_metrics(path: Path) -> dict | None:
+    """A run's metrics.json as a dict, or None when it is missing or is not one."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
 def run_metrics_path(checkpoint: Path) -> Path:
     """The run's metrics.json: beside model.pt, or one folder up from Lightning's checkpoints/*.ckpt."""
     folder = checkpoint.parent
@@ -119,9 +135,15 @@ def write_curves(metrics_path: Path, out: Path) -> list[str]:
     """curves.png from the run's metrics.json, when the checkpoint's folder has one."""
     if not metrics_path.is_file():
         return [f"no {metrics_path}: curves.png not written"]
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_run_metrics(metrics_path)
+    if metrics is None:
+        return [f"{metrics_path} is not a metrics.json: curves.png not written"]
     if not metrics.get("history"):
         return [f"{metrics_path} has no epochs yet: curves.png not written"]
-    save_figure(plot_curves(metrics["history"], metrics.get("lr_schedule")), out / "curves.png")
+    try:
+        figure = plot_curves(metrics["history"], metrics.get("lr_schedule"))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # a history of another shape
+        return [f"{metrics_path}'s history cannot be drawn ({type(err).__name__}: {err}): curves.png not written"]
+    save_figure(figure, out / "curves.png")
     epochs = len(metrics["history"])
     return [f"wrote {out / 'curves.png'} ({epochs} epoch{'s' if epochs != 1 else ''})"]

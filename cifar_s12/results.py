@@ -25,9 +25,9 @@ def load_runs(folder: str | os.PathLike) -> list[dict]:
             run = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise UserError(f"cannot read run {path}: {err}") from None
-        if not _is_metrics(run):
-            raise UserError(f"{path} is not a metrics.json (it needs final_test_accuracy, wall_seconds and a "
-                            f"config with epochs and seed)")
+        problem = _problem(run)
+        if problem:
+            raise UserError(f"{path} is not a finished run's metrics.json: {problem}")
         if run.get("epochs_completed", run["config"]["epochs"]) < run["config"]["epochs"]:
             continue  # an unfinished run is not a result
         run["_file"] = path.name
@@ -35,13 +35,29 @@ def load_runs(folder: str | os.PathLike) -> list[dict]:
     return runs
 
 
-def _is_metrics(run) -> bool:
-    """The fields the table reads, with the types it reads them as."""
-    config = run.get("config") if isinstance(run, dict) else None
-    numbers = (int, float)
-    return (isinstance(config, dict) and isinstance(run.get("final_test_accuracy"), numbers)
-            and isinstance(run.get("wall_seconds"), numbers) and isinstance(config.get("epochs"), int)
-            and isinstance(config.get("seed"), int))
+NUMBER, TEXT = (int, float), str
+# What the table reads, and as what: (key, types, required). bool is an int to isinstance, so it is refused apart.
+FIELDS = (("final_test_accuracy", NUMBER, True), ("wall_seconds", NUMBER, True), ("train_images", int, True),
+          ("final_test_accuracy_tta", NUMBER, False), ("epochs_completed", int, False), ("trainer", TEXT, False),
+          ("device", TEXT, False), ("command", TEXT, False))
+CONFIG_FIELDS = (("epochs", int, True), ("seed", int, True), ("recipe", TEXT, False))
+KIND_NAMES = {NUMBER: "a number", int: "a whole number", TEXT: "text"}
+
+
+def _problem(run) -> str | None:
+    """What is missing or of the wrong type among the fields the table reads; None when all is well."""
+    if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
+        return "no config"
+    for where, obj, fields in (("", run, FIELDS), ("config.", run["config"], CONFIG_FIELDS)):
+        for key, kinds, required in fields:
+            value = obj.get(key)
+            if value is None and not required:
+                continue
+            if value is None:
+                return f"no {where}{key}"
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                return f"{where}{key} is {value!r}, not {KIND_NAMES[kinds]}"
+    return None
 
 
 def summarise(runs: list[dict]) -> list[dict]:

@@ -42,6 +42,9 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.bfloat16 if native_cpu_bf16() else None
+    if precision == "fp16" and device.type == "cpu":
+        # Lightning would quietly train bf16 instead (it has no fp16 on CPUs), the plain loop fp16: two recipes.
+        raise UserError("--precision fp16 is for GPUs; on a CPU use bf16 (or auto, or fp32)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

@@ -188,7 +188,8 @@ def save_outputs(out: Path, model: nn.Module, cfg: TrainConfig, classes, metrics
     """``model.pt`` and ``metrics.json``, each written atomically, and both or neither: Ctrl-C waits for the pair."""
     with interrupts_deferred():
         save_checkpoint(out / "model.pt", model, cfg.model, cfg.model_kwargs(), cfg.to_dict(), classes,
-                        epoch=metrics["epochs_completed"], trainer=metrics["trainer"])
+                        epoch=metrics["epochs_completed"], trainer=metrics["trainer"],
+                        data_source=metrics["data_source"])
         write_json(out / "metrics.json", metrics)
 
 

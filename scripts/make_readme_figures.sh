@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python}
 
 checkpoint=${1:-}
 if [ -z "$checkpoint" ]; then
-  "$PYTHON" -m cifar_s12 train --epochs 5 --seed 1 --out runs/readme
+  "$PYTHON" -m cifar_s12 train --epochs 5 --seed 1 --overwrite --out runs/readme  # a rerun replaces it
   checkpoint=runs/readme/model.pt
 fi
 "$PYTHON" -m cifar_s12 report --checkpoint "$checkpoint" --out images/

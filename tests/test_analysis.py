@@ -8,7 +8,8 @@ from cifar_s12.analysis import (Predictions, check_cam_layer, collect_logits, co
                                 predict_split, resolve_layer, top_k, write_per_class_csv)
 from cifar_s12.dataset import CLASSES, CifarDataset, make_loader, subset
 from cifar_s12.errors import UserError
-from cifar_s12.runtime import Runtime, autocast_dtype
+from cifar_s12 import runtime
+from cifar_s12.runtime import Runtime
 from cifar_s12.transform import test_transform as eval_transform
 
 FP32 = Runtime.create("fp32", "cpu")
@@ -40,7 +41,7 @@ def lightning_style(checkpoint_path, out_path):
     return out_path
 
 
-def test_pt_and_lightning_ckpt_load_to_the_same_model(checkpoint, tmp_path):
+def test_pt_and_lightning_ckpt_load_to_the_same_model(checkpoint, tmp_path, monkeypatch):
     pt = load_checkpoint(checkpoint)
     ckpt = load_checkpoint(lightning_style(checkpoint, tmp_path / "last.ckpt"))
     assert pt.classes == ckpt.classes == CLASSES and pt.model_name == ckpt.model_name == "custom_resnet"
@@ -49,7 +50,11 @@ def test_pt_and_lightning_ckpt_load_to_the_same_model(checkpoint, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(pt.model(x), ckpt.model(x), rtol=0, atol=0)
     assert pt.config["epochs"] == 2 and pt.config["precision"] == "auto"
-    assert pt.runtime("cpu").dtype == autocast_dtype(torch.device("cpu"), "auto")  # as the trainer ran it
+    # Inference in the precision the trainer ran: the recipe's "auto" is bf16 on a CPU with bf16 instructions ...
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: True)
+    assert pt.runtime("cpu").dtype == torch.bfloat16
+    pt.config["precision"] = "fp32"  # ... and a run made with --precision fp32 is read in fp32
+    assert pt.runtime("cpu").dtype is None
 
 
 @pytest.mark.parametrize("content, message", [

@@ -48,3 +48,7 @@ def test_loaders_train_shuffled_full_batches_test_in_order(data):
     assert len(train_loader) == 300 // 64 and len(test_loader) == 2  # no tiny last training batch
     first, again = (next(iter(build_loaders(cfg, load_data(cfg, data))[0]))[1] for _ in range(2))
     assert torch.equal(first, again)  # the same seed gives the same order
+    data_ = load_data(cfg, data)
+    assert not torch.equal(first, torch.as_tensor(data_.train.labels[:64]))  # shuffled ...
+    test_labels = torch.cat([y for _, y in test_loader])
+    assert torch.equal(test_labels, torch.as_tensor(data_.test.labels))  # ... the test set in order, all of it

@@ -75,6 +75,8 @@ def test_report_test_subset_keeps_the_old_subset_spelling():
     (["lr-find", "--start-lr", "10", "--end-lr", "1e-5"], "--start-lr (10) must be below --end-lr (1e-05)"),
     (["train", "--out", ""], "--out is empty"),
     (["train", "--resume", "last.ckpt", "--out", "x"], "--resume needs --trainer lightning"),
+    (["train", "--lr-finder", "torch", "--out", "x"], "--lr-finder chooses the LR range test, and this run has a "
+                                                      "fixed max LR"),
 ])
 def test_inconsistent_flags_fail_before_any_work(args, message, capsys):
     from cifar_s12.__main__ import main
@@ -82,6 +84,34 @@ def test_inconsistent_flags_fail_before_any_work(args, message, capsys):
     assert main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+
+
+@pytest.mark.parametrize("command, files", [("train", ["metrics.json"]), ("train", ["model.pt"]),
+                                            ("compare", ["torch/metrics.json"]), ("compare", ["compare.json"])])
+def test_an_out_folder_holding_a_run_is_refused_without_overwrite(command, files, tmp_path, capsys):
+    from cifar_s12.__main__ import main
+
+    out = tmp_path / "run"
+    for name in files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("a finished run")
+    no_data = ["--data-dir", str(tmp_path / "nothing"), "--no-download", "--out", str(out)]
+    assert main([command, *no_data]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --out {out} already holds a run ({', '.join(files)}): choose "
+                                               f"another folder, or pass --overwrite to replace it")
+    # --overwrite gets past the check (here to the missing data), and nothing was touched on the way.
+    assert main([command, *no_data, "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: CIFAR-10 not found")
+    assert all((out / name).read_text() == "a finished run" for name in files)
+
+
+def test_the_course_recipe_runs_its_range_test_with_either_finder(tmp_path, capsys):
+    from cifar_s12.__main__ import main
+
+    # The recipe has no max LR, so --lr-finder needs no --find-lr: the command gets as far as the (missing) data.
+    assert main(["train", "--recipe", "course", "--trainer", "lightning", "--lr-finder", "lightning",
+                 "--data-dir", str(tmp_path / "nothing"), "--no-download", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: CIFAR-10 not found")
 
 
 def test_missing_data_is_one_line_and_exit_2(tmp_path):
@@ -138,6 +168,7 @@ def test_train_writes_metrics_checkpoint_and_curves(tmp_path):
          "epoch_seconds"])] * 2
     ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
     assert ckpt["model"] == "custom_resnet" and len(ckpt["classes"]) == 10 and ckpt["epoch"] == 2
+    assert ckpt["data_source"] == metrics["data_source"]  # report finds the data again from here
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -22,6 +22,40 @@ def test_image_folder_is_decoded_and_cached(tiny_dir, tmp_path, monkeypatch):
     assert np.array_equal(again.test.labels, data.test.labels)
 
 
+def test_a_changed_image_or_a_broken_cache_is_decoded_again(tiny_dir, tmp_path):
+    import os
+    import shutil
+
+    tree, cache_dir = tmp_path / "tree", tmp_path / "cache"
+    shutil.copytree(tiny_dir, tree)
+    first = load_cifar10(tree, download=False, cache_dir=cache_dir)
+    # Replace one training image in place (same name): its pixels must not come from the old cache.
+    changed = tree / "train" / "dog" / "00000.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(changed)
+    os.utime(changed, ns=(1, 1))  # a different modification time whatever the clock's resolution
+    second = load_cifar10(tree, download=False, cache_dir=cache_dir)
+    assert len(list(cache_dir.glob("*.npz"))) == 2
+    assert (second.train.images == 7).all(axis=(1, 2, 3)).sum() == 1 and not (first.train.images == 7).all(
+        axis=(1, 2, 3)).any()
+    # A cache file that cannot be read (e.g. cut short) is decoded anew and replaced, not an error.
+    for cache in cache_dir.glob("*.npz"):
+        cache.write_bytes(b"PK not a zip")
+    third = load_cifar10(tree, download=False, cache_dir=cache_dir)
+    assert np.array_equal(third.train.images, second.train.images)
+    # The current tree's cache was written anew (the old tree's, still broken, is simply never read again).
+    assert sum(ds._read_cache(cache) is not None for cache in cache_dir.glob("*.npz")) == 1
+    assert not list(cache_dir.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_half_an_image_folder_tree_is_an_error_not_a_download(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"has train/ but no test/"):
+        load_cifar10(tmp_path, download=True)
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+
+
 def test_data_dir_comes_from_the_environment(tiny_dir, monkeypatch):
     monkeypatch.setenv("CIFAR_S12_DATA", str(tiny_dir))
     assert ds.resolve_data_dir() == tiny_dir.resolve()

@@ -10,6 +10,8 @@ from test_cli import cli
 
 from cifar_s12.__main__ import main
 from cifar_s12.config import make_config
+from cifar_s12.dataset import subset
+from cifar_s12.errors import UserError
 from cifar_s12.lit import CifarDataModule, CifarLitModule, fit_lightning
 from cifar_s12.builders import planned_lrs
 from cifar_s12.train import HISTORY_KEYS
@@ -100,17 +102,43 @@ def test_ddp_on_two_cpu_processes_writes_one_metrics_json(tmp_path):
     assert abs(metrics["final_test_accuracy"] - independent) <= 1 / 128 + 1e-9
 
 
-def test_resume_continues_the_onecycle_schedule(data, tmp_path):
+def test_resume_continues_the_onecycle_schedule_time_and_command(data, tmp_path, monkeypatch):
     cfg = make_config("best", epochs=3, **{**TINY, "subset": 128, "test_subset": 64, "batch_size": 32})
+    monkeypatch.setenv("CIFAR_S12_COMMAND", "first part")
     first = fit_lightning(cfg, tmp_path, data=data, stop_after=2, log=lambda *_: None).metrics
-    assert [h["epoch"] for h in first["history"]] == [1, 2]
-    resumed = fit_lightning(cfg, tmp_path, data=data, resume=tmp_path / "checkpoints" / "last.ckpt",
-                            log=lambda *_: None).metrics
+    assert [h["epoch"] for h in first["history"]] == [1, 2] and first["command"] == "first part"
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    monkeypatch.setenv("CIFAR_S12_COMMAND", "second part")
+    resumed = fit_lightning(cfg, tmp_path, data=data, resume=last, log=lambda *_: None).metrics
     steps = 128 // 32
     plan = planned_lrs(cfg, cfg.max_lr, steps)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     assert resumed["lr_schedule"][2 * steps] == pytest.approx(plan[2 * steps])  # first step after resuming
     np.testing.assert_allclose(resumed["lr_schedule"], plan)
+    # The whole run's wall time and both commands, not only the second part's.
+    assert resumed["wall_seconds"] > first["history"][-1]["epoch_seconds"] + first["history"][0]["epoch_seconds"]
+    assert resumed["wall_seconds"] > resumed["history"][-1]["epoch_seconds"] + first["wall_seconds"] * 0.9
+    assert resumed["command"] == "first part && second part"
+    with pytest.raises(UserError, match=r"finished run \(3 of 3 epochs\)"):
+        fit_lightning(cfg, tmp_path, data=data, resume=last, log=lambda *_: None)
+    assert json.loads((tmp_path / "metrics.json").read_text())["wall_seconds"] == resumed["wall_seconds"]
+
+
+def test_resume_with_another_steps_per_epoch_fails_before_training(data, tmp_path):
+    cfg = make_config("best", epochs=3, **{**TINY, "subset": 128, "test_subset": 64, "batch_size": 32})
+    fit_lightning(cfg, tmp_path, data=data, stop_after=1, log=lambda *_: None)
+    before = (tmp_path / "metrics.json").read_bytes()
+    fewer = subset(data, train=96)  # 3 batches per epoch instead of the checkpoint's 4
+    with pytest.raises(UserError, match="OneCycle schedule has 12 steps, but this run would take 9"):
+        fit_lightning(cfg, tmp_path, data=fewer, resume=tmp_path / "checkpoints" / "last.ckpt", log=lambda *_: None)
+    assert (tmp_path / "metrics.json").read_bytes() == before
+
+
+def test_fast_dev_run_writes_nothing(data, tmp_path):
+    result = fit_lightning(make_config("best", **TINY), tmp_path / "dev", data=data, fast_dev_run=True,
+                           log=lambda *_: None)
+    assert len(result.metrics["history"]) == 1  # it ran: one batch of training, one of validation
+    assert not (tmp_path / "dev").exists() or not any((tmp_path / "dev").rglob("*.*"))
 
 
 def test_metrics_and_model_are_written_after_every_epoch(data, tmp_path, monkeypatch):

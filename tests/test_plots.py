@@ -91,6 +91,17 @@ def test_curves_and_lr_finder_figures(tmp_path):
     saved_png(plot_lr_finder([1e-4, 1e-3, 1e-2], [2.3, 2.0, 2.5], 1e-3), tmp_path / "lr.png")
 
 
+def test_a_figure_is_saved_in_the_format_its_name_says(tmp_path, capsys):
+    from cifar_s12.__main__ import main
+
+    save_figure(plot_lr_finder([1e-4, 1e-3], [2.3, 2.0]), tmp_path / "lr.pdf")
+    save_figure(plot_lr_finder([1e-4, 1e-3], [2.3, 2.0]), tmp_path / "lr.svg")
+    assert (tmp_path / "lr.pdf").read_bytes()[:5] == b"%PDF-" and b"<svg" in (tmp_path / "lr.svg").read_bytes()
+    # A name matplotlib cannot write is refused before the range test runs.
+    assert main(["lr-find", "--plot", str(tmp_path / "lr.docx")]) == 2
+    assert capsys.readouterr().err.startswith("error: --plot") and not (tmp_path / "lr.docx").exists()
+
+
 def test_lightning_csv_log_is_read_per_metric_and_plotted(tmp_path):
     log = tmp_path / "metrics.csv"
     log.write_text("epoch,lr-SGD,step,train_acc,train_acc_step,train_loss,train_loss_step,val_acc,val_loss\n"

@@ -5,6 +5,7 @@ from PIL import Image
 
 from test_cli import cli
 
+from cifar_s12.dataset import CLASSES
 from cifar_s12.errors import UserError
 
 
@@ -49,7 +50,7 @@ def test_predict_prints_top_3_and_notes_a_resize(checkpoint, data_dir, tmp_path)
     assert lines[0].startswith(f"{ship}: ") and lines[1].startswith("note: ") and "64x48 to 32x32" in lines[1]
     for line in (lines[0], lines[2]):
         pairs = [p.rsplit(" ", 1) for p in line.split(": ", 1)[1].split(", ")]
-        assert len(pairs) == 3 and all(name in r.stdout for name, _ in pairs)
+        assert len(pairs) == 3 and all(name in CLASSES for name, _ in pairs)
         probs = [float(p) for _, p in pairs]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.001
 
@@ -64,10 +65,11 @@ def test_bad_input_is_one_line_and_exit_2(case, checkpoint, tmp_path):
         assert_one_line_error(cli("predict", "--checkpoint", checkpoint, tmp_path / "gone.png"), "does not exist")
     elif case == "text_as_checkpoint":
         assert_one_line_error(cli("report", "--checkpoint", text, "--out", tmp_path / "o"), "not a checkpoint")
+        assert not (tmp_path / "o").exists()  # a report that fails writes nothing
     else:
         assert_one_line_error(cli("report", "--checkpoint", checkpoint, "--layer", "layer9", "--out", tmp_path / "o"),
                               "no layer 'layer9'", "layer3.1.body.1")
-    assert not (tmp_path / "o").exists()
+        assert not (tmp_path / "o").exists()
 
 
 def test_report_checks_the_layer_before_the_data_and_honours_no_download(checkpoint, tmp_path):
@@ -79,3 +81,37 @@ def test_report_checks_the_layer_before_the_data_and_honours_no_download(checkpo
     with pytest.raises(UserError, match=r"downloading is off \(--no-download\)"):
         write_report(checkpoint, tmp_path / "o", data_dir=str(missing), download=False)
     assert not missing.exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content, says", [("[]", "is not a metrics.json"), ("{not json", "is not a metrics.json"),
+                                           ('{"history": []}', "has no epochs yet"),
+                                           ('{"history": [{"epoch": 1}]}', "cannot be drawn (KeyError")])
+def test_a_metrics_json_of_another_shape_skips_the_curves_with_a_line(content, says, tmp_path):
+    from cifar_s12.report import write_curves
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(content)
+    (line,) = write_curves(metrics, tmp_path / "out")
+    assert says in line and line.endswith("curves.png not written") and not (tmp_path / "out").exists()
+
+
+def test_report_reads_the_data_from_where_the_run_found_it(checkpoint, tiny_dir, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from cifar_s12.analysis import load_checkpoint
+    from cifar_s12.report import recorded_data_dir
+
+    monkeypatch.chdir(tmp_path)  # the run's relative --data-dir (or none at all) says nothing from here
+    loaded = load_checkpoint(checkpoint)
+    loaded.config["data_dir"] = "relative/elsewhere"
+    assert recorded_data_dir(loaded) is None  # the fixture's metrics.json records no data source
+    loaded.data_source = f"image-folder:{tiny_dir}"  # model.pt records the resolved location
+    assert recorded_data_dir(loaded) == str(tiny_dir)
+    # A Lightning .ckpt records none: the run's metrics.json, one folder up, does.
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, run / "checkpoints" / "last.ckpt")
+    (run / "metrics.json").write_text(json.dumps({"data_source": f"image-folder:{tiny_dir}"}))
+    loaded.path, loaded.data_source = run / "checkpoints" / "last.ckpt", None
+    assert recorded_data_dir(loaded) == str(tiny_dir)

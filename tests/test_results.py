@@ -40,8 +40,24 @@ def test_tta_is_averaged_over_the_runs_that_have_it(tmp_path):
 
 def test_a_file_that_is_not_a_run(tmp_path):
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(UserError, match="not a metrics.json"):
+    with pytest.raises(UserError, match="x.json is not a finished run's metrics.json: no config"):
         load_runs(tmp_path)
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"train_images": None}, "no train_images"),
+    ({"epochs_completed": "24"}, "epochs_completed is '24', not a whole number"),
+    ({"command": ["python", "-m"]}, "command is ['python', '-m'], not text"),
+    ({"final_test_accuracy_tta": "0.9"}, "final_test_accuracy_tta is '0.9', not a number"),
+    ({"wall_seconds": True}, "wall_seconds is True, not a number"),
+    ({"config": {"epochs": 24, "seed": 1.5}}, "config.seed is 1.5, not a whole number"),
+])
+def test_every_field_the_table_reads_is_checked_before_the_table(change, problem, tmp_path):
+    run = {**_run(1, 0.94, tta=0.945), **change}
+    (tmp_path / "run.json").write_text(json.dumps({k: v for k, v in run.items() if v is not None}))
+    with pytest.raises(UserError) as err:
+        summarise(load_runs(tmp_path))
+    assert str(err.value).endswith(problem)
 
 
 @pytest.mark.parametrize("content", ['{"final_test_accuracy": 0.9, "config": {}}', "3", '{"config": "x"}',

@@ -20,6 +20,9 @@ def test_precision_choice_on_cpu(monkeypatch):
     assert autocast_dtype(cpu, "bf16") == torch.bfloat16  # asked for explicitly, it is what the user gets
     with pytest.raises(UserError):
         autocast_dtype(cpu, "fp8")
+    # fp16 on a CPU: Lightning would train bf16 instead, the plain loop fp16; refused for both.
+    with pytest.raises(UserError, match="fp16 is for GPUs"):
+        lightning_precision(cpu, "fp16")
 
 
 def test_precision_choice_on_cuda_does_not_count_emulated_bf16(monkeypatch):
