@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from .dataset import CifarDataset, Split, make_loader
 from .errors import UserError
 from .model import NUM_CLASSES, build_model
-from .runtime import Runtime, predict_logits
+from .runtime import Runtime, autocast_dtype, pick_device, predict_logits
 from .transform import test_transform
 from .utils import CHECKPOINT_FORMAT, atomic_path, read_checkpoint_file
 
@@ -37,8 +37,13 @@ class LoadedModel:
     data_source: str | None = None  # where the run read CIFAR-10 (model.pt records it; a Lightning .ckpt does not)
 
     def runtime(self, device: str | None = None) -> Runtime:
-        """The device and autocast dtype the trainer used (its ``precision``), for inference the same way."""
-        return Runtime.create(self.config.get("precision", "auto"), device)
+        """The device and autocast dtype the trainer used (its ``precision``), for inference the same way; a run
+        trained in fp16 on a GPU is read with this CPU's ``auto`` choice (CPUs have no fp16 path here)."""
+        dev = pick_device(device)
+        precision = self.config.get("precision", "auto")
+        if precision == "fp16" and dev.type == "cpu":
+            precision = "auto"
+        return Runtime(dev, autocast_dtype(dev, precision))
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedModel:

@@ -45,7 +45,11 @@ def find_lr(model: nn.Module, loader, cfg: TrainConfig, runtime: Runtime, start_
     from torch_lr_finder import LRFinder
 
     optimizer = build_optimizer(model, cfg, lr=start_lr)
-    finder = LRFinder(AutocastModel(model, runtime), optimizer, build_criterion(cfg), device=runtime.device)
+    # fp16 (GPUs before Ampere, e.g. Colab's T4) needs loss scaling here as in training; torch-lr-finder applies
+    # a GradScaler through its "torch" amp backend. Autocast itself stays in AutocastModel (the backend's is off).
+    amp = (dict(amp_backend="torch", amp_config={"device_type": runtime.device.type, "enabled": False},
+                grad_scaler=runtime.scaler) if runtime.scaler.is_enabled() else {})
+    finder = LRFinder(AutocastModel(model, runtime), optimizer, build_criterion(cfg), device=runtime.device, **amp)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # its closing line tells you to call "{finder_name}.plot()"
         finder.range_test(loader, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, step_mode="exp")

@@ -55,6 +55,8 @@ def test_pt_and_lightning_ckpt_load_to_the_same_model(checkpoint, tmp_path, monk
     assert pt.runtime("cpu").dtype == torch.bfloat16
     pt.config["precision"] = "fp32"  # ... and a run made with --precision fp32 is read in fp32
     assert pt.runtime("cpu").dtype is None
+    pt.config["precision"] = "fp16"  # a GPU run in fp16, read on a laptop: this CPU's own choice, not an error
+    assert pt.runtime("cpu").dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("content, message", [
