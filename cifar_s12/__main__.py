@@ -199,7 +199,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
               f"{s[name]['images_per_second']:.1f} images/s in training (by epoch: {by_epoch}) | "
               f"{s[name]['wall_seconds']:.0f} s wall, {s[name]['cpu_seconds']:.0f} s CPU")
     print(f"lightning / torch throughput: {s['throughput_ratio']:.3f}; accuracy difference "
-          f"{100 * s['accuracy_difference']:+.2f} points (wrote {args.out}/compare.json)")
+          f"{100 * s['accuracy_difference']:+.2f} points; epoch losses differ by at most "
+          f"{s['max_relative_loss_difference']:.1e} (relative) (wrote {args.out}/compare.json)")
 
 
 def _devices(text: str) -> int | str:

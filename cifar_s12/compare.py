@@ -1,7 +1,8 @@
 """Parity and overhead: the same recipe and seed trained by the plain loop and by Lightning, on the same data.
 
-``python -m cifar_s12 compare`` writes ``compare.json``: both final test accuracies and their difference, training
-images/s of each and Lightning's share of plain's, and the CPU seconds each whole run used.
+``python -m cifar_s12 compare`` writes ``compare.json``: both final test accuracies and their difference, each
+epoch's losses of both and the largest relative difference between them, training images/s of each and Lightning's
+share of plain's, and the CPU seconds each whole run used.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from .config import TrainConfig
 from .lit import fit_lightning
 from .train import fit
 from .utils import write_json
+
+
+PARITY_KEYS = ("epoch", "train_loss", "test_loss", "test_acc")
 
 
 def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
@@ -38,10 +42,16 @@ def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) ->
                          "images_per_second": (sum(h["images_per_second"] * h["epoch_seconds"] for h in m["history"])
                                                / sum(h["epoch_seconds"] for h in m["history"])),
                          "images_per_second_by_epoch": [h["images_per_second"] for h in m["history"]],
+                         "epochs": [{key: h[key] for key in PARITY_KEYS} for h in m["history"]],
                          "wall_seconds": m["wall_seconds"], "cpu_seconds": _cpu_seconds() - cpu_before}
     summary["throughput_ratio"] = summary["lightning"]["images_per_second"] / summary["torch"]["images_per_second"]
     summary["accuracy_difference"] = (summary["lightning"]["final_test_accuracy"]
                                       - summary["torch"]["final_test_accuracy"])
+    # The same run in both trainers agrees to float rounding (the loops sum an epoch's loss in different orders).
+    summary["max_relative_loss_difference"] = max(
+        abs(a[key] - b[key]) / abs(b[key])
+        for a, b in zip(summary["lightning"]["epochs"], summary["torch"]["epochs"])
+        for key in ("train_loss", "test_loss"))
     write_json(out / "compare.json", summary)
     return summary
 

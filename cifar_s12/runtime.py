@@ -29,7 +29,7 @@ def pick_device(name: str | None = None) -> torch.device:
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
 
-    auto: bf16 where the hardware computes it natively: CPUs with AVX512-bf16 or AMX (2.5-2.8x fp32's training
+    auto: bf16 where the hardware computes it natively: CPUs with AVX512-bf16 or AMX (2.4-2.5x fp32's training
     speed on the development machines' AMD EPYC, by `python -m cifar_s12 bench`), CUDA GPUs from Ampere on. fp16 on
     older GPUs (e.g. Colab's T4, where bf16 would only be emulated), fp32 on CPUs without bf16 instructions
     (emulated bf16 is slower than fp32) and on MPS.

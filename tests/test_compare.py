@@ -23,3 +23,6 @@ def test_compare_trains_both_and_they_agree(tmp_path):
         np.testing.assert_allclose([h[key] for h in runs["torch"]["history"]],
                                    [h[key] for h in runs["lightning"]["history"]], rtol=1e-4)
     assert abs(summary["accuracy_difference"]) <= 2 / 128  # at most two of the 128 test images differ
+    # compare.json keeps the evidence: each epoch's losses of both, and their largest relative difference.
+    assert [e["train_loss"] for e in summary["torch"]["epochs"]] == [h["train_loss"] for h in runs["torch"]["history"]]
+    assert 0 <= summary["max_relative_loss_difference"] < 1e-4 and "epoch losses differ by at most" in r.stdout
