@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -98,16 +99,19 @@ def _check_trainer_flags(args: argparse.Namespace) -> None:
     if args.trainer != "lightning" and (given or args.lr_finder == "lightning"):
         flags = given or ["--lr-finder lightning"]
         raise UserError(f"{', '.join(flags)} {'needs' if len(flags) == 1 else 'need'} --trainer lightning")
-    if args.lr_finder and _config(args).max_lr is not None:  # the course recipe runs a range test by itself
-        raise UserError("--lr-finder chooses the LR range test, and this run has a fixed max LR: pass --find-lr too")
+    if args.resume and args.fast_dev_run:
+        raise UserError("--fast-dev-run checks a new run's setup; it cannot be combined with --resume")
     if args.resume:
         # A resumed run continues the checkpoint's recipe and OneCycle plan; only where the data is may change.
         kept = {"recipe", "data_dir", "download", "num_workers"}
         recipe_flags = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
                         if f.name not in kept and getattr(args, f.name, None) not in (None, False)]
-        recipe_flags += [flag for flag, on in (("--max-lr", args.max_lr), ("--find-lr", args.find_lr)) if on]
+        recipe_flags += [flag for flag, on in (("--max-lr", args.max_lr), ("--find-lr", args.find_lr),
+                                               ("--lr-finder", args.lr_finder)) if on]
         if recipe_flags or args.recipe != "best":
             raise UserError(f"--resume continues the checkpoint's recipe; drop {', '.join(recipe_flags) or '--recipe'}")
+    elif args.lr_finder and _config(args).max_lr is not None:  # the course recipe runs a range test by itself
+        raise UserError("--lr-finder chooses the LR range test, and this run has a fixed max LR: pass --find-lr too")
 
 
 def _check_out_dir(path: str, flag: str = "--out") -> Path:
@@ -133,21 +137,39 @@ def _check_out_file(path: str, flag: str) -> Path:
     return out
 
 
-def _check_not_a_finished_run(out: Path, names: tuple[str, ...], overwrite: bool) -> None:
-    """An --out that already holds a run's files is refused unless the user says --overwrite: a new run would
-    replace a finished one's model and metrics after its first epoch."""
-    found = [name for name in names if (out / name).exists()]
+# What a run leaves in --out: the files that show a run is there, and everything --overwrite removes first (only
+# these, so a user's own files in the folder stay).
+TRAIN_RUN = (("metrics.json", "model.pt"), ("metrics.json", "model.pt", "curves.png", "lr_finder.png", "checkpoints",
+                                            "tensorboard", "csv"))
+COMPARE_RUN = (("compare.json", "torch/metrics.json", "lightning/metrics.json"), ("compare.json", "torch", "lightning"))
+
+
+def _check_not_a_finished_run(out: Path, run_files: tuple[tuple[str, ...], tuple[str, ...]], overwrite: bool) -> None:
+    """An --out that already holds a run is refused: a new run would replace its model and metrics after the first
+    epoch, and mix its checkpoints and logs with the new ones. With --overwrite the old run's files go first."""
+    markers, everything = run_files
+    found = [name for name in markers if (out / name).exists()]
     if found and not overwrite:
         raise UserError(f"--out {out} already holds a run ({', '.join(found)}): choose another folder, or pass "
                         f"--overwrite to replace it")
+    if found:
+        for name in everything:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        print(f"--overwrite: removed the earlier run's files from {out}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     _check_trainer_flags(args)
     cfg = _config(args)
     out = _check_out_dir(args.out)
-    if not (args.resume or args.fast_dev_run):  # resuming continues the folder's run; a fast dev run writes nothing
-        _check_not_a_finished_run(out, ("metrics.json", "model.pt"), args.overwrite)
+    # A fast dev run writes nothing; a resumed run continues the run in its own folder (OUT/checkpoints/last.ckpt).
+    resumes_here = args.resume and Path(args.resume).resolve().parent.parent == out.resolve()
+    if not (args.fast_dev_run or resumes_here):
+        _check_not_a_finished_run(out, TRAIN_RUN, args.overwrite)
     if args.trainer == "lightning":
         from .lit import fit_lightning
 
@@ -158,9 +180,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         from .train import fit
 
         result = fit(cfg, out_dir=out)
+    if not result.is_global_zero:
+        return
     if args.fast_dev_run:
         print(f"fast dev run: one training and one test batch ran; nothing written to {out}")
-    elif result.is_global_zero:  # under DDP every process returns here; one reports
+    else:  # under DDP every process returns here; one reports
         print(f"final test accuracy {result.metrics['final_test_accuracy']:.4f} in "
               f"{result.metrics['wall_seconds']:.0f} s; wrote {out}/metrics.json, model.pt, curves.png")
 
@@ -191,7 +215,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare_trainers
 
     out = _check_out_dir(args.out)
-    _check_not_a_finished_run(out, ("compare.json", "torch/metrics.json", "lightning/metrics.json"), args.overwrite)
+    _check_not_a_finished_run(out, COMPARE_RUN, args.overwrite)
     s = compare_trainers(_config(args), out)
     for name in ("torch", "lightning"):
         by_epoch = ", ".join(f"{v:.0f}" for v in s[name]["images_per_second_by_epoch"])

@@ -101,7 +101,9 @@ def _load_image_folder(root: Path, cache_dir: Path) -> CifarData:
     for name, folder in folders.items():
         if tuple(folder.classes) != CLASSES:
             raise UserError(f"{root / name} has class folders {folder.classes}; expected CIFAR-10's {list(CLASSES)}")
-    cache = cache_dir / f"cifar10-imagefolder-{_cache_key(folders)}.npz"
+    # One cache per folder (the name's first hash), replaced when the folder's files change (the second).
+    folder_key = hashlib.sha1(str(root).encode()).hexdigest()[:8]
+    cache = cache_dir / f"cifar10-imagefolder-{folder_key}-{_cache_key(folders)}.npz"
     source = f"image-folder:{root}"
     cached = _read_cache(cache)
     if cached is not None:
@@ -112,6 +114,9 @@ def _load_image_folder(root: Path, cache_dir: Path) -> CifarData:
         # at the same time do not write into one file.
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
+        for stale in cache_dir.glob(f"cifar10-imagefolder-{folder_key}-*.npz"):  # this folder's earlier contents
+            if stale != cache:
+                stale.unlink(missing_ok=True)
     except OSError as err:  # e.g. a read-only checkout: train anyway, decode again next time
         print(f"note: could not cache the decoded images in {cache_dir} ({err.strerror or err}); "
               f"they will be decoded again next time", file=sys.stderr)

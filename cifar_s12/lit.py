@@ -204,7 +204,10 @@ class EpochHistory(Callback):
 
     @property
     def command(self) -> str | None:
-        return " && ".join(c for c in self.commands if c) or None
+        """The commands of all parts, in order (a part that could not name its command says so)."""
+        if not any(self.commands):
+            return None
+        return " && ".join(c or "<command not recorded>" for c in self.commands)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._images, self._seconds, self._start = 0, 0.0, time.perf_counter()
@@ -373,7 +376,7 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
                             max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
     datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # few workers per process is deliberate
-    module, lr_result = _module_with_max_lr(cfg, datamodule, trainer, lr_finder, accelerator, log)
+    module, lr_result = _module_with_max_lr(cfg, datamodule, trainer, lr_finder, accelerator, log, fast_dev_run)
     with ctrl_c_raises(trainer):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         tta = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"] if module.cfg.tta else None
@@ -391,11 +394,13 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
 
 
 def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: pl.Trainer, lr_finder: str,
-                        accelerator: str, log) -> tuple[CifarLitModule, LRFindResult | None]:
-    """The seeded model, with the max LR of an LR range test first when the recipe has none (as train.fit)."""
+                        accelerator: str, log,
+                        fast_dev_run: bool = False) -> tuple[CifarLitModule, LRFindResult | None]:
+    """The seeded model, with the max LR of an LR range test first when the recipe has none (as train.fit). A fast
+    dev run (one batch, to check the setup) skips the range test: the optimizer's default LR does for one step."""
     seed_everything(cfg.seed)
     model = build_model_for(cfg)
-    if cfg.max_lr is not None:
+    if cfg.max_lr is not None or fast_dev_run:
         return CifarLitModule.from_config(cfg, model=model), None
     if trainer.world_size > 1:
         raise UserError("the LR range test (--find-lr, or the course recipe) needs a single device: each process "

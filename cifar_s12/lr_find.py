@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm import TqdmWarning
 
@@ -46,9 +47,10 @@ def find_lr(model: nn.Module, loader, cfg: TrainConfig, runtime: Runtime, start_
 
     optimizer = build_optimizer(model, cfg, lr=start_lr)
     # fp16 (GPUs before Ampere, e.g. Colab's T4) needs loss scaling here as in training; torch-lr-finder applies
-    # a GradScaler through its "torch" amp backend. Autocast itself stays in AutocastModel (the backend's is off).
+    # a GradScaler through its "torch" amp backend. A scaler of its own: the test's diverging last steps shrink the
+    # scale, and training must start from a fresh one. Autocast itself stays in AutocastModel (the backend's is off).
     amp = (dict(amp_backend="torch", amp_config={"device_type": runtime.device.type, "enabled": False},
-                grad_scaler=runtime.scaler) if runtime.scaler.is_enabled() else {})
+                grad_scaler=torch.amp.GradScaler(runtime.device.type)) if runtime.scaler.is_enabled() else {})
     finder = LRFinder(AutocastModel(model, runtime), optimizer, build_criterion(cfg), device=runtime.device, **amp)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # its closing line tells you to call "{finder_name}.plot()"

@@ -25,6 +25,8 @@ def load_runs(folder: str | os.PathLike) -> list[dict]:
             run = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise UserError(f"cannot read run {path}: {err}") from None
+        if isinstance(run, dict):  # null is as good as absent (e.g. a run made without --tta)
+            run = {key: value for key, value in run.items() if value is not None}
         problem = _problem(run)
         if problem:
             raise UserError(f"{path} is not a finished run's metrics.json: {problem}")

@@ -77,6 +77,10 @@ def test_report_test_subset_keeps_the_old_subset_spelling():
     (["train", "--resume", "last.ckpt", "--out", "x"], "--resume needs --trainer lightning"),
     (["train", "--lr-finder", "torch", "--out", "x"], "--lr-finder chooses the LR range test, and this run has a "
                                                       "fixed max LR"),
+    (["train", "--trainer", "lightning", "--resume", "x.ckpt", "--lr-finder", "torch", "--out", "x"],
+     "--resume continues the checkpoint's recipe; drop --lr-finder"),
+    (["train", "--trainer", "lightning", "--resume", "x.ckpt", "--fast-dev-run", "--out", "x"],
+     "--fast-dev-run checks a new run's setup; it cannot be combined with --resume"),
 ])
 def test_inconsistent_flags_fail_before_any_work(args, message, capsys):
     from cifar_s12.__main__ import main
@@ -92,17 +96,39 @@ def test_an_out_folder_holding_a_run_is_refused_without_overwrite(command, files
     from cifar_s12.__main__ import main
 
     out = tmp_path / "run"
-    for name in files:
+    run_files = [*files, "checkpoints/best-epoch=23-val_acc=0.9400.ckpt"] if command == "train" else files
+    for name in [*run_files, "my notes.txt"]:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text("a finished run")
     no_data = ["--data-dir", str(tmp_path / "nothing"), "--no-download", "--out", str(out)]
     assert main([command, *no_data]) == 2
     assert capsys.readouterr().err.strip() == (f"error: --out {out} already holds a run ({', '.join(files)}): choose "
                                                f"another folder, or pass --overwrite to replace it")
-    # --overwrite gets past the check (here to the missing data), and nothing was touched on the way.
+    assert all((out / name).read_text() == "a finished run" for name in run_files)  # refused: nothing touched
+    # --overwrite removes the earlier run's files (only those: not the user's own), then goes on (here to the
+    # missing data), so no old checkpoint is left beside the new run's.
     assert main([command, *no_data, "--overwrite"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: CIFAR-10 not found")
-    assert all((out / name).read_text() == "a finished run" for name in files)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"--overwrite: removed the earlier run's files from {out}"
+    assert err[-1].startswith("error: CIFAR-10 not found")
+    assert not any((out / name).exists() for name in run_files) and (out / "my notes.txt").exists()
+
+
+def test_resume_skips_the_out_check_only_for_its_own_run(tmp_path, capsys):
+    from cifar_s12.__main__ import main
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.json").write_text("a finished run")
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"  # another folder's run, resumed into --out other
+    ckpt.parent.mkdir(parents=True)
+    (tmp_path / "first" / "metrics.json").write_text("its first part")
+    assert main(["train", "--trainer", "lightning", "--resume", str(ckpt), "--out", str(other)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # Into its own folder the check does not apply (here the missing checkpoint is what stops it).
+    assert main(["train", "--trainer", "lightning", "--resume", str(ckpt), "--out", str(tmp_path / "first")]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: checkpoint" in err and "does not exist" in err and "already holds a run" not in err
 
 
 def test_the_course_recipe_runs_its_range_test_with_either_finder(tmp_path, capsys):

@@ -24,18 +24,19 @@ def test_lr_finder_suggests_within_range_and_restores_the_model(data):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_fp16_range_test_scales_the_loss_as_training_does(data):
+def test_fp16_range_test_scales_the_loss_as_training_does(data, monkeypatch):
     # fp16 is for GPUs; the CPU's fp16 autocast stands in for one here (a tiny model keeps it quick).
     cfg = make_config("best", subset=64, batch_size=16, num_workers=0)
     runtime = Runtime(torch.device("cpu"), torch.float16)
     scaled = []
-    real_scale = runtime.scaler.scale
-    runtime.scaler.scale = lambda loss: scaled.append(loss.item()) or real_scale(loss)
+    real_scale = torch.amp.GradScaler.scale
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, loss: scaled.append(self) or real_scale(self, loss))
     model = runtime.prepare(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(),
                                                 torch.nn.Linear(8 * 30 * 30, 10)))
     loader, _ = build_loaders(cfg, load_data(cfg, data))
     result = find_lr(model, loader, cfg, runtime, start_lr=1e-4, end_lr=1e-2, num_iter=4)
-    assert len(scaled) == len(result.lrs) == 4  # every step went through the GradScaler
+    assert len(scaled) == len(result.lrs) == 4  # every step went through a GradScaler ...
+    assert runtime.scaler not in scaled  # ... of its own: training's scaler starts fresh, whatever the test did to it
     bf16 = Runtime(torch.device("cpu"), torch.bfloat16)
     assert not bf16.scaler.is_enabled()  # bf16 (and fp32) need no scaling: the plain path
 

@@ -30,7 +30,8 @@ def test_runs_are_grouped_and_summarised(tmp_path):
 
 
 def test_tta_is_averaged_over_the_runs_that_have_it(tmp_path):
-    (tmp_path / "torch-best-seed1.json").write_text(json.dumps(_run(1, 0.940)))  # made without --tta
+    (tmp_path / "torch-best-seed1.json").write_text(json.dumps({**_run(1, 0.940), "final_test_accuracy_tta": None,
+                                                                "epochs_completed": None}))  # null is as absent
     for seed in (2, 3):
         (tmp_path / f"torch-best-seed{seed}.json").write_text(json.dumps(_run(seed, 0.942, tta=0.946 + seed / 1000)))
     (row,) = summarise(load_runs(tmp_path))
