@@ -180,11 +180,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         from .train import fit
 
         result = fit(cfg, out_dir=out)
-    if not result.is_global_zero:
+    if not result.is_global_zero:  # under DDP every process returns here; one reports
         return
     if args.fast_dev_run:
         print(f"fast dev run: one training and one test batch ran; nothing written to {out}")
-    else:  # under DDP every process returns here; one reports
+    else:
         print(f"final test accuracy {result.metrics['final_test_accuracy']:.4f} in "
               f"{result.metrics['wall_seconds']:.0f} s; wrote {out}/metrics.json, model.pt, curves.png")
 
