@@ -144,7 +144,7 @@ TRAIN_RUN = (("metrics.json", "model.pt"), ("metrics.json", "model.pt", "curves.
 COMPARE_RUN = (("compare.json", "torch/metrics.json", "lightning/metrics.json"), ("compare.json", "torch", "lightning"))
 
 
-def _check_not_a_finished_run(out: Path, run_files: tuple[tuple[str, ...], tuple[str, ...]], overwrite: bool) -> None:
+def _make_room_for_new_run(out: Path, run_files: tuple[tuple[str, ...], tuple[str, ...]], overwrite: bool) -> None:
     """An --out that already holds a run is refused: a new run would replace its model and metrics after the first
     epoch, and mix its checkpoints and logs with the new ones. With --overwrite the old run's files go first."""
     markers, everything = run_files
@@ -169,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     # A fast dev run writes nothing; a resumed run continues the run in its own folder (OUT/checkpoints/last.ckpt).
     resumes_here = args.resume and Path(args.resume).resolve().parent.parent == out.resolve()
     if not (args.fast_dev_run or resumes_here):
-        _check_not_a_finished_run(out, TRAIN_RUN, args.overwrite)
+        _make_room_for_new_run(out, TRAIN_RUN, args.overwrite)
     if args.trainer == "lightning":
         from .lit import fit_lightning
 
@@ -194,9 +194,10 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     from .plots import figure_format, figure_formats, plot_lr_finder, plot_lr_finders, save_figure
 
     _check_out_file(args.plot, "--plot")
-    if figure_format(args.plot) not in figure_formats():
-        raise UserError(f"--plot {args.plot}: matplotlib cannot write .{figure_format(args.plot)} files; "
-                        f"use one of {', '.join(sorted(figure_formats()))}")
+    plot_format, formats = figure_format(args.plot), figure_formats()
+    if plot_format not in formats:
+        raise UserError(f"--plot {args.plot}: matplotlib cannot write .{plot_format} files; "
+                        f"use one of {', '.join(sorted(formats))}")
     if args.start_lr >= args.end_lr:
         raise UserError(f"--start-lr ({args.start_lr:g}) must be below --end-lr ({args.end_lr:g})")
     kinds = list(LR_FINDERS) if args.lr_finder == "both" else [args.lr_finder]
@@ -215,7 +216,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare_trainers
 
     out = _check_out_dir(args.out)
-    _check_not_a_finished_run(out, COMPARE_RUN, args.overwrite)
+    _make_room_for_new_run(out, COMPARE_RUN, args.overwrite)
     s = compare_trainers(_config(args), out)
     for name in ("torch", "lightning"):
         by_epoch = ", ".join(f"{v:.0f}" for v in s[name]["images_per_second_by_epoch"])
