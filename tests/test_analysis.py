@@ -164,7 +164,11 @@ def test_unknown_layer_lists_valid_names(loaded):
     with pytest.raises(UserError) as err:
         resolve_layer(loaded.model, "layer3.9")
     message = str(err.value)
-    assert "no layer 'layer3.9'" in message and "layer3" in message and "\n" not in message
+    assert message.startswith("no layer 'layer3.9'") and "\n" not in message
+    suggested = message.split("valid names include ")[1].split(" (default")[0].split(", ")
+    layers = dict(loaded.model.named_modules())
+    assert suggested and all(name in layers for name in suggested), suggested
+    assert "layer3.1" in suggested  # close matches of the name that was meant, not just any layers
 
 
 def test_gradcam_layer_must_output_a_feature_map(loaded):
@@ -183,6 +187,7 @@ def test_load_image_converts_mode_and_size_with_a_note(tmp_path):
     Image.new("RGBA", (64, 48), (255, 0, 0, 128)).save(tmp_path / "big.png")
     image, note = load_image(tmp_path / "big.png")
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert (image == [255, 0, 0]).all()  # the alpha channel dropped, the colour kept
     assert "RGBA to RGB" in note and "resized from 64x48 to 32x32" in note
     Image.new("RGB", (32, 32)).save(tmp_path / "small.png")
     assert load_image(tmp_path / "small.png")[1] is None
@@ -195,6 +200,17 @@ def test_load_image_converts_mode_and_size_with_a_note(tmp_path):
         load_image(tmp_path)
 
 
+def test_load_image_centre_crops_a_wide_image_instead_of_squashing_it(tmp_path):
+    wide = np.zeros((32, 64, 3), np.uint8)
+    wide[:, :16] = [0, 0, 255]    # the outer quarters: cut off by a centre crop, squeezed in by a plain resize
+    wide[:, 16:48] = [255, 0, 0]
+    wide[:, 48:] = [0, 255, 0]
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    image, note = load_image(tmp_path / "wide.png")
+    assert "centre-cropped and resized from 64x32" in note
+    assert np.abs(image.astype(int) - [255, 0, 0]).max() <= 2
+
+
 def test_an_image_too_large_for_pil_is_refused(tmp_path, monkeypatch):
     Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels > 2x the limit: a "decompression bomb"
@@ -202,10 +218,14 @@ def test_an_image_too_large_for_pil_is_refused(tmp_path, monkeypatch):
         load_image(tmp_path / "big.png")
 
 
-def test_predict_probabilities_sum_to_one_and_top_k_is_sorted(loaded, test_split):
-    probabilities = predict_probabilities(loaded, list(test_split.images[:5]))
+def test_predict_probabilities_are_the_models_and_top_k_is_sorted(loaded, test_split):
+    probabilities = predict_probabilities(loaded, list(test_split.images[:5]), runtime=FP32)
     assert probabilities.shape == (5, 10)
     torch.testing.assert_close(probabilities.sum(1), torch.ones(5))
+    # the same numbers as the test-set pass (its own normalisation and loader): the model's softmax, not any rows
+    # that sum to one
+    first_five = predict_split(loaded, test_split.take(np.arange(5)), runtime=FP32)
+    torch.testing.assert_close(probabilities, first_five.probabilities, atol=1e-5, rtol=1e-4)
     best = top_k(probabilities, CLASSES, k=3)
     assert len(best) == 5 and all(len(row) == 3 for row in best)
     for row, p in zip(best, probabilities):

@@ -13,6 +13,13 @@ def test_bench_reports_all_three_throughputs(data):
     result = run_bench(make_config("best", num_workers=1), data=data, device="cpu", **TINY_BENCH)
     for key in ("train_images_per_second", "baseline_fp32_images_per_second", "loader_images_per_second"):
         assert result[key] > 0
+    # the summary figures are the measured ones combined, not measured again
+    assert result["fast_vs_baseline"] == pytest.approx(result["train_images_per_second"]
+                                                       / result["baseline_fp32_images_per_second"])
+    assert result["loader_vs_model"] == pytest.approx(result["loader_images_per_second"]
+                                                      / result["train_images_per_second"])
+    assert result["train_gflops"] == pytest.approx(result["train_images_per_second"]
+                                                   * result["train_gflop_per_image"])
     assert result["device"] == "cpu" and result["loader_workers"] == 1 and result["loader_batches"] == 2
     # Forward + backward of the course ResNet: about 3x the forward's 0.76 GFLOP per image.
     assert 2.0 < result["train_gflop_per_image"] < 2.5

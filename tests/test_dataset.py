@@ -80,6 +80,18 @@ def test_corrupt_image_names_the_file(tiny_dir, tmp_path):
         load_cifar10(broken, download=False, cache_dir=tmp_path / "cache")
 
 
+def test_an_image_of_another_size_names_the_file(tiny_dir, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    tree = tmp_path / "tree"
+    shutil.copytree(tiny_dir, tree)
+    Image.new("RGB", (64, 32)).save(tree / "train" / "dog" / "00001.png")
+    with pytest.raises(UserError, match=r"image .*dog/00001.png is 64x32; CIFAR-10 images are 32x32"):
+        load_cifar10(tree, download=False, cache_dir=tmp_path / "cache")
+
+
 def test_wrong_class_folders(tmp_path):
     for split in ("train", "test"):
         (tmp_path / split / "cats").mkdir(parents=True)
@@ -120,3 +132,22 @@ def test_loader_batches(data):
     assert train.drop_last and train.persistent_workers
     sizes = [len(yb) for _, yb in train]
     assert sizes and set(sizes) == {64}
+
+
+def test_each_loader_worker_has_its_own_seeded_augmentations():
+    from cifar_s12.transform import train_transform
+
+    # One image 64 times: any difference between samples is the augmentations'. Batch 0 comes from worker 0,
+    # batch 1 from worker 1 (the DataLoader deals batches out in turn).
+    same_image = ds.Split(np.repeat(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(1, 32, 32, 3), 64, 0),
+                          np.zeros(64, np.int64))
+
+    def batches(seed):
+        loader = make_loader(CifarDataset(same_image, train_transform(seed=seed)), batch_size=32, train=True,
+                             num_workers=2, seed=seed)
+        return [x for x, _ in loader]
+
+    first, again, other = batches(seed=1), batches(seed=1), batches(seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # reproducible with workers, not only without
+    assert not torch.equal(first[0], first[1])  # the two workers do not repeat each other's crops and cutouts
+    assert not torch.equal(first[0], other[0])  # and another seed gives other augmentations

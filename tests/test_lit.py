@@ -1,6 +1,8 @@
 """The Lightning trainer: module, data module, outputs (via the CLI), DDP on 2 CPU processes, resume."""
 import json
 import signal
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,12 +11,14 @@ import torch
 from test_cli import cli
 
 from cifar_s12.__main__ import main
+from cifar_s12.analysis import load_checkpoint, predict_split
+from cifar_s12.builders import load_data, planned_lrs
 from cifar_s12.config import make_config
-from cifar_s12.dataset import subset
+from cifar_s12.dataset import Split, subset
 from cifar_s12.errors import UserError
-from cifar_s12.lit import CifarDataModule, CifarLitModule, fit_lightning
-from cifar_s12.builders import planned_lrs
-from cifar_s12.train import HISTORY_KEYS
+from cifar_s12.lit import (CifarDataModule, CifarLitModule, fit_lightning, read_resume_checkpoint,
+                           workers_per_process)
+from cifar_s12.runtime import Runtime
 
 # Small and quick: a few hundred images, batches of 32-64, 1-3 epochs, no loader workers (the CPU is shared).
 TINY = dict(subset=256, test_subset=128, batch_size=64, max_lr=0.05, num_workers=0)
@@ -63,8 +67,10 @@ def test_cli_lightning_writes_the_plain_trainers_outputs_and_lightnings_logs(tmp
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["trainer"] == "lightning" and 0 <= metrics["final_test_accuracy"] <= 1
-    assert [tuple(h) for h in metrics["history"]] == [HISTORY_KEYS]
-    assert metrics["history"][0]["images_per_second"] > 0 and metrics["wall_seconds"] > 0
+    assert [sorted(h) for h in metrics["history"]] == [sorted(  # the plain loop's keys (test_cli)
+        ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_second", "epoch_seconds"])]
+    row = metrics["history"][0]  # images/s is the epoch's training images over its training time
+    assert row["images_per_second"] == pytest.approx(256 / row["epoch_seconds"], rel=1e-6)
     assert {"final_test_accuracy", "history", "lr_schedule", "wall_seconds", "config"} <= set(metrics)
     ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
     assert ckpt["model"] == "custom_resnet" and ckpt["epoch"] == 1 and ckpt["trainer"] == "lightning"
@@ -108,20 +114,64 @@ def test_resume_continues_the_onecycle_schedule_time_and_command(data, tmp_path,
     first = fit_lightning(cfg, tmp_path, data=data, stop_after=2, log=lambda *_: None).metrics
     assert [h["epoch"] for h in first["history"]] == [1, 2] and first["command"] == "first part"
     last = tmp_path / "checkpoints" / "last.ckpt"
+    # The checkpoint carries the first part's wall time (taken before its end: at most the part's total). Set to
+    # 1000 s, it must come back as the start of the whole run's clock: 1000 s + this part, which the call bounds.
+    ckpt = torch.load(last, weights_only=False)
+    (history_key,) = [k for k in ckpt["callbacks"] if k.startswith("EpochHistory")]
+    assert 0 < ckpt["callbacks"][history_key]["wall_seconds"] <= first["wall_seconds"]
+    ckpt["callbacks"][history_key]["wall_seconds"] = 1000.0
+    torch.save(ckpt, last)
     monkeypatch.setenv("CIFAR_S12_COMMAND", "second part")
+    called = time.perf_counter()
     resumed = fit_lightning(cfg, tmp_path, data=data, resume=last, log=lambda *_: None).metrics
+    second_part = time.perf_counter() - called
     steps = 128 // 32
     plan = planned_lrs(cfg, cfg.max_lr, steps)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     assert resumed["lr_schedule"][2 * steps] == pytest.approx(plan[2 * steps])  # first step after resuming
     np.testing.assert_allclose(resumed["lr_schedule"], plan)
     # The whole run's wall time and both commands, not only the second part's.
-    assert resumed["wall_seconds"] > first["history"][-1]["epoch_seconds"] + first["history"][0]["epoch_seconds"]
-    assert resumed["wall_seconds"] > resumed["history"][-1]["epoch_seconds"] + first["wall_seconds"] * 0.9
+    assert 1000.0 < resumed["wall_seconds"] < 1000.0 + second_part
     assert resumed["command"] == "first part && second part"
     with pytest.raises(UserError, match=r"finished run \(3 of 3 epochs\)"):
         fit_lightning(cfg, tmp_path, data=data, resume=last, log=lambda *_: None)
     assert json.loads((tmp_path / "metrics.json").read_text())["wall_seconds"] == resumed["wall_seconds"]
+
+
+def test_found_max_lr_gives_the_run_of_that_lr_and_tta_is_the_mirrored_mean(data, tmp_path):
+    # fp32: the TTA accuracy is recomputed exactly below
+    base = make_config("best", epochs=1, subset=256, test_subset=100, batch_size=32, num_workers=0, precision="fp32")
+    found_run = fit_lightning(replace(base, max_lr=None, tta=True), tmp_path / "find", data=data, log=lambda *_: None)
+    found = found_run.lr_find.suggested_lr
+    assert found_run.metrics["config"]["max_lr"] == found
+    # The range test leaves no trace: reseeded, fresh loaders, the same run as one told that LR from the start.
+    given_run = fit_lightning(replace(base, max_lr=found), tmp_path / "given", data=data, log=lambda *_: None)
+    assert [h["train_loss"] for h in found_run.metrics["history"]] == \
+        [h["train_loss"] for h in given_run.metrics["history"]]
+    assert found_run.metrics["lr_schedule"] == given_run.metrics["lr_schedule"]
+    # TTA, recomputed from the saved model: the mean of the logits of each test image and of its mirror image
+    test = load_data(base, data).test
+    loaded = load_checkpoint(tmp_path / "find" / "model.pt")
+    plain, mirrored = (predict_split(loaded, split, runtime=Runtime.create("fp32", "cpu")).logits
+                       for split in (test, Split(np.ascontiguousarray(test.images[:, :, ::-1]), test.labels)))
+    expected = ((plain + mirrored).argmax(1).numpy() == test.labels).mean()
+    assert found_run.metrics["final_test_accuracy_tta"] == pytest.approx(expected)
+
+
+def test_resume_refuses_the_plain_trainers_model_pt(checkpoint):
+    with pytest.raises(UserError, match="is not a Lightning checkpoint of this trainer; pass OUT/checkpoints/last.ckpt"):
+        read_resume_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("cores, processes, asked, workers", [
+    (2, 1, None, None),   # one process: the loader's own default
+    (2, 2, None, 0),      # 2 cores, 2 DDP processes: each core trains, no room for workers
+    (16, 2, None, 7),     # 8 cores per process: one trains, 7 load
+    (16, 4, 1, 1),        # the user said: kept
+])
+def test_ddp_loader_workers_share_the_cores_left(monkeypatch, cores, processes, asked, workers):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert workers_per_process(make_config("best", num_workers=asked), processes) == workers
 
 
 def test_resume_with_another_steps_per_epoch_fails_before_training(data, tmp_path):
@@ -138,7 +188,7 @@ def test_fast_dev_run_writes_nothing(data, tmp_path):
     result = fit_lightning(make_config("best", **TINY), tmp_path / "dev", data=data, fast_dev_run=True,
                            log=lambda *_: None)
     assert len(result.metrics["history"]) == 1  # it ran: one batch of training, one of validation
-    assert not (tmp_path / "dev").exists() or not any((tmp_path / "dev").rglob("*.*"))
+    assert not (tmp_path / "dev").exists() or not any((tmp_path / "dev").rglob("*"))
 
 
 def test_metrics_and_model_are_written_after_every_epoch(data, tmp_path, monkeypatch):

@@ -61,11 +61,14 @@ def test_gradcam_figure_has_three_tiles_per_image(tmp_path):
     saved_png(fig, tmp_path / "gradcam.png")
 
 
-def test_cam_overlay_opacity():
-    cams = np.zeros((2, 32, 32), np.float32)
+def test_cam_overlay_opacity_is_the_heatmaps_share():
+    cams = RNG.random((1, 32, 32)).astype(np.float32)[[0, 0]]  # one map over two different images
     overlay = cam_overlay(IMAGES[:2], cams, opacity=0.5)
     assert overlay.shape == (2, 32, 32, 3) and overlay.dtype == np.uint8
-    assert not np.array_equal(overlay, cam_overlay(IMAGES[:2], cams, opacity=0.9))
+    assert not np.array_equal(overlay[0], overlay[1])  # half image, half heatmap
+    only_heatmap, only_image = cam_overlay(IMAGES[:2], cams, opacity=1), cam_overlay(IMAGES[:2], cams, opacity=0)
+    assert np.array_equal(only_heatmap[0], only_heatmap[1])
+    assert np.array_equal(only_image, IMAGES[:2])  # (each test image has a 255 somewhere: no rescaling)
     with pytest.raises(ValueError, match="opacity"):
         cam_overlay(IMAGES[:2], cams, opacity=1.5)
 
@@ -87,8 +90,15 @@ def test_curves_and_lr_finder_figures(tmp_path):
                for e in (1, 2, 3)]
     fig = plot_curves(history, [0.1, 0.4, 0.2])
     assert len(fig.axes) == 3
+    loss, accuracy, lr = ([tuple(line.get_ydata()) for line in ax.lines] for ax in fig.axes)
+    assert loss == [(1, 1 / 2, 1 / 3), (1.1, 1.1 / 2, 1.1 / 3)]  # train, test
+    assert accuracy == [(1 / 4, 2 / 4, 3 / 4), (1 / 5, 2 / 5, 3 / 5)] and lr == [(0.1, 0.4, 0.2)]
     saved_png(fig, tmp_path / "curves.png")
-    saved_png(plot_lr_finder([1e-4, 1e-3, 1e-2], [2.3, 2.0, 2.5], 1e-3), tmp_path / "lr.png")
+    assert len(plot_curves(history).axes) == 2  # no schedule recorded: no LR panel
+    fig = plot_lr_finder([1e-4, 1e-3, 1e-2], [2.3, 2.0, 2.5], 1e-3)
+    assert [tuple(line.get_xdata()) for line in fig.axes[0].lines][0] == (1e-4, 1e-3, 1e-2)
+    assert any(tuple(line.get_xdata()) == (1e-3, 1e-3) for line in fig.axes[0].lines)  # the suggestion's line
+    saved_png(fig, tmp_path / "lr.png")
 
 
 def test_a_figure_is_saved_in_the_format_its_name_says(tmp_path, capsys):

@@ -41,8 +41,9 @@ def test_curves_come_from_the_runs_metrics_json_for_model_pt_and_lightning_ckpt(
     assert run_metrics_path(Path("elsewhere/best.ckpt")) == Path("elsewhere/metrics.json")
 
 
-def test_predict_prints_top_3_and_notes_a_resize(checkpoint, data_dir, tmp_path):
-    ship = sorted((data_dir / "test" / "ship").glob("*.png"))[0]
+def test_predict_prints_top_3_and_notes_a_resize(checkpoint, data, tmp_path):
+    ship = tmp_path / "ship.png"  # a test image, from whichever form of CIFAR-10 the session has
+    Image.fromarray(data.test.images[list(data.test.labels).index(CLASSES.index("ship"))]).save(ship)
     Image.new("RGB", (64, 48), (20, 40, 200)).save(tmp_path / "photo.png")
     r = cli("predict", "--checkpoint", checkpoint, ship, tmp_path / "photo.png")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -40,7 +40,12 @@ def test_mixed_precision_goes_with_channels_last_and_fp32_logits():
     assert fast.memory_format == torch.channels_last and plain.memory_format == torch.contiguous_format
     assert fast.inputs(torch.zeros(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
     conv = fast.prepare(nn.Conv2d(3, 4, 3))
-    assert AutocastModel(conv, fast)(torch.randn(2, 3, 8, 8)).dtype == torch.float32  # bf16 inside, fp32 out
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    inside = []
+    conv.register_forward_hook(lambda module, args, output: inside.append((args[0].is_contiguous(
+        memory_format=torch.channels_last), output.dtype)))
+    assert AutocastModel(conv, fast)(torch.randn(2, 3, 8, 8)).dtype == torch.float32  # fp32 out ...
+    assert inside == [(True, torch.bfloat16)]  # ... of a bf16 convolution on channels_last input
     assert not fast.scaler.is_enabled()  # only fp16 needs loss scaling
     assert fast.describe() == "cpu, bfloat16" and plain.describe() == "cpu, fp32"
 
