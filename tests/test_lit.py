@@ -67,8 +67,8 @@ def test_cli_lightning_writes_the_plain_trainers_outputs_and_lightnings_logs(tmp
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["trainer"] == "lightning" and 0 <= metrics["final_test_accuracy"] <= 1
-    assert [sorted(h) for h in metrics["history"]] == [sorted(  # the plain loop's keys (test_cli)
-        ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_second", "epoch_seconds"])]
+    assert [list(h) for h in metrics["history"]] == [  # the plain loop's columns, in its order
+        ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_second", "epoch_seconds"]]
     row = metrics["history"][0]  # images/s is the epoch's training images over its training time
     assert row["images_per_second"] == pytest.approx(256 / row["epoch_seconds"], rel=1e-6)
     assert {"final_test_accuracy", "history", "lr_schedule", "wall_seconds", "config"} <= set(metrics)
@@ -144,22 +144,24 @@ def test_found_max_lr_gives_the_run_of_that_lr_and_tta_is_the_mirrored_mean(data
     found_run = fit_lightning(replace(base, max_lr=None, tta=True), tmp_path / "find", data=data, log=lambda *_: None)
     found = found_run.lr_find.suggested_lr
     assert found_run.metrics["config"]["max_lr"] == found
-    # The range test leaves no trace: reseeded, fresh loaders, the same run as one told that LR from the start.
+    # The range test leaves no trace on the run (the model's weights restored, fresh seeded loaders): the same
+    # losses as a run told that LR from the start.
     given_run = fit_lightning(replace(base, max_lr=found), tmp_path / "given", data=data, log=lambda *_: None)
     assert [h["train_loss"] for h in found_run.metrics["history"]] == \
         [h["train_loss"] for h in given_run.metrics["history"]]
     assert found_run.metrics["lr_schedule"] == given_run.metrics["lr_schedule"]
-    # TTA, recomputed from the saved model: the mean of the logits of each test image and of its mirror image
+    # TTA, recomputed from the saved model in the evaluation's batches: the mean of the logits of each test
+    # image and of its mirror image
     test = load_data(base, data).test
     loaded = load_checkpoint(tmp_path / "find" / "model.pt")
-    plain, mirrored = (predict_split(loaded, split, runtime=Runtime.create("fp32", "cpu")).logits
+    plain, mirrored = (predict_split(loaded, split, runtime=Runtime.create("fp32", "cpu"), batch_size=32).logits
                        for split in (test, Split(np.ascontiguousarray(test.images[:, :, ::-1]), test.labels)))
     expected = ((plain + mirrored).argmax(1).numpy() == test.labels).mean()
     assert found_run.metrics["final_test_accuracy_tta"] == pytest.approx(expected)
 
 
 def test_resume_refuses_the_plain_trainers_model_pt(checkpoint):
-    with pytest.raises(UserError, match="is not a Lightning checkpoint of this trainer; pass OUT/checkpoints/last.ckpt"):
+    with pytest.raises(UserError, match="not a Lightning checkpoint of this trainer; pass OUT/checkpoints/last.ckpt"):
         read_resume_checkpoint(checkpoint)
 
 
@@ -169,7 +171,7 @@ def test_resume_refuses_the_plain_trainers_model_pt(checkpoint):
     (16, 2, None, 7),     # 8 cores per process: one trains, 7 load
     (16, 4, 1, 1),        # the user said: kept
 ])
-def test_ddp_loader_workers_share_the_cores_left(monkeypatch, cores, processes, asked, workers):
+def test_workers_per_process_share_the_cores_left_under_ddp(monkeypatch, cores, processes, asked, workers):
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     assert workers_per_process(make_config("best", num_workers=asked), processes) == workers
 

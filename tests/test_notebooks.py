@@ -1,23 +1,25 @@
 """Static checks of the notebooks' code cells (nbval re-executes them; these read them).
 
 The course keeps notebooks thin: configuration and calls into ``cifar_s12``, nothing defined there. And a student
-whose kernel restarted after training (Colab does that) should not have to train again: the cells after the
-training cell read the run from ``OUT`` on disk, never from a variable only the training cell sets.
+whose kernel restarted after training (Restart session, a crash) should not have to train again: only the
+training cell empties ``OUT``, and the cells after it need nothing but the cells down to the data and the run on
+disk in ``OUT``, never a variable that only the training cell (or an optional cell before it) sets.
 """
 import ast
+import builtins
 import json
 from pathlib import Path
 
 import pytest
+from IPython.core.inputtransformer2 import TransformerManager
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
 def code_cells(notebook: Path) -> list[ast.Module]:
+    """Each code cell as Python: IPython turns its `!shell` lines and `%magics` into calls first."""
     cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
-    # IPython's shell lines (`!pip ...`) are not Python: the same indentation with `pass` keeps the block valid
-    return [ast.parse("\n".join(line if not line.lstrip().startswith("!") else line[:len(line) - len(line.lstrip())]
-                                + "pass" for line in "".join(c["source"]).splitlines())) for c in cells]
+    return [ast.parse(TransformerManager().transform_cell("".join(c["source"]))) for c in cells]
 
 
 def bound_names(tree: ast.AST) -> set[str]:
@@ -30,11 +32,12 @@ def used_names(tree: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
-def training_cell(cells: list[ast.Module]) -> int:
-    calls = [i for i, tree in enumerate(cells) for n in ast.walk(tree)
-             if isinstance(n, ast.Call) and getattr(n.func, "id", None) in ("fit", "fit_lightning")]
-    assert len(calls) == 1, "each notebook trains once"
-    return calls[0]
+def cell_calling(cells: list[ast.Module], *functions: str) -> int:
+    """The one cell that calls any of ``functions`` (by name or as an attribute, e.g. ``shutil.rmtree``)."""
+    found = [i for i, tree in enumerate(cells) for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and (getattr(n.func, "id", None) or getattr(n.func, "attr", None)) in functions]
+    assert len(set(found)) == 1, f"expected one cell calling {functions}, found cells {sorted(set(found))}"
+    return found[0]
 
 
 def test_there_are_notebooks():
@@ -49,12 +52,19 @@ def test_notebooks_define_no_functions_or_classes(notebook):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_cells_after_training_need_not_rerun_it(notebook):
+def test_only_the_training_cell_empties_the_run_folder(notebook):
     cells = code_cells(notebook)
-    train = training_cell(cells)
-    before = set().union(*map(bound_names, cells[:train]))
-    only_in_training = bound_names(cells[train]) - before
-    later = set().union(*map(used_names, cells[train + 1:]))
-    leaking = sorted(only_in_training & later - set().union(*map(bound_names, cells[train + 1:])))
-    assert leaking == [], (f"{notebook.name}: cells after training use {leaking}, which only the training cell "
-                           "sets: after a kernel restart they would need the run again instead of reading OUT")
+    assert cell_calling(cells, "rmtree") == cell_calling(cells, "fit", "fit_lightning")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_after_a_restart_the_cells_after_training_need_only_the_data_cells(notebook):
+    cells = code_cells(notebook)
+    data_cell, train = cell_calling(cells, "load_data", "CifarDataModule"), cell_calling(cells, "fit", "fit_lightning")
+    assert data_cell < train
+    available = set().union(*map(bound_names, cells[:data_cell + 1]))
+    for i, tree in enumerate(cells[train + 1:], start=train + 1):  # in order: a name must be bound before its use
+        missing = sorted(used_names(tree) - available - bound_names(tree) - set(dir(builtins)))
+        assert missing == [], (f"{notebook.name}, code cell {i}: uses {missing}, which the cells down to the data "
+                               "do not set: after a restart it would need the training cell (or another) again")
+        available |= bound_names(tree)

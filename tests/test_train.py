@@ -47,10 +47,11 @@ def test_find_lr_feeds_onecycle_and_tta_is_reported(data, tmp_path):
     # optimizer during training.
     assert m["history"][-1]["lr"] == pytest.approx(planned[-1]) and m["history"][-1]["lr"] < found / 100
     assert (tmp_path / "lr_finder.png").read_bytes().startswith(b"\x89PNG")
-    # TTA, recomputed from the saved model: the mean of the logits of each test image and of its mirror image
+    # TTA, recomputed from the saved model in the evaluation's batches: the mean of the logits of each test
+    # image and of its mirror image
     test = load_data(cfg, data).test
     loaded = load_checkpoint(tmp_path / "model.pt")
-    plain, mirrored = (predict_split(loaded, split, runtime=Runtime.create("fp32", "cpu")).logits
+    plain, mirrored = (predict_split(loaded, split, runtime=Runtime.create("fp32", "cpu"), batch_size=32).logits
                        for split in (test, Split(np.ascontiguousarray(test.images[:, :, ::-1]), test.labels)))
     expected = ((plain + mirrored).argmax(1).numpy() == test.labels).mean()
     assert m["final_test_accuracy_tta"] == pytest.approx(expected)
