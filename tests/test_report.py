@@ -1,12 +1,16 @@
 import csv
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from test_cli import cli
 
+from cifar_s12.analysis import Predictions, load_checkpoint
 from cifar_s12.dataset import CLASSES
 from cifar_s12.errors import UserError
+from cifar_s12.report import write_mistakes
 
 
 def assert_one_line_error(r, *fragments):
@@ -116,3 +120,16 @@ def test_report_reads_the_data_from_where_the_run_found_it(checkpoint, tiny_dir,
     (run / "metrics.json").write_text(json.dumps({"data_source": f"image-folder:{tiny_dir}"}))
     loaded.path, loaded.data_source = run / "checkpoints" / "last.ckpt", None
     assert recorded_data_dir(loaded) == str(tiny_dir)
+
+
+def test_a_model_without_mistakes_gets_a_line_instead_of_empty_figures(checkpoint, tmp_path):
+    labels = torch.arange(10)
+    perfect = Predictions(torch.nn.functional.one_hot(labels, 10).float() * 5, labels, CLASSES,
+                          np.zeros((10, 32, 32, 3), np.uint8))
+    assert write_mistakes(load_checkpoint(checkpoint), perfect, tmp_path) == [
+        "no misclassified images: misclassified.png and gradcam.png not written"]
+    assert list(tmp_path.iterdir()) == []
+    all_wrong = Predictions(perfect.logits.roll(1, dims=0), labels, CLASSES, perfect.images)  # each one class off
+    lines = write_mistakes(load_checkpoint(checkpoint), all_wrong, tmp_path, n=4)
+    assert lines[0].startswith("wrote ") and "(4 images, layer layer3.1.body.1)" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gradcam.png", "misclassified.png"]
