@@ -9,16 +9,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from test_cli import cli
+from test_train import flip_tta_accuracy
 
 from cifar_s12.__main__ import main
-from cifar_s12.analysis import load_checkpoint, predict_split
-from cifar_s12.builders import load_data, planned_lrs
+from cifar_s12.builders import planned_lrs
 from cifar_s12.config import make_config
-from cifar_s12.dataset import Split, subset
+from cifar_s12.dataset import subset
 from cifar_s12.errors import UserError
 from cifar_s12.lit import (CifarDataModule, CifarLitModule, fit_lightning, read_resume_checkpoint,
                            workers_per_process)
-from cifar_s12.runtime import Runtime
 
 # Small and quick: a few hundred images, batches of 32-64, 1-3 epochs, no loader workers (the CPU is shared).
 TINY = dict(subset=256, test_subset=128, batch_size=64, max_lr=0.05, num_workers=0)
@@ -150,13 +149,7 @@ def test_found_max_lr_gives_the_run_of_that_lr_and_tta_is_the_mirrored_mean(data
     assert [h["train_loss"] for h in found_run.metrics["history"]] == \
         [h["train_loss"] for h in given_run.metrics["history"]]
     assert found_run.metrics["lr_schedule"] == given_run.metrics["lr_schedule"]
-    # TTA, recomputed from the saved model in the evaluation's batches: the mean of the logits of each test
-    # image and of its mirror image
-    test = load_data(base, data).test
-    loaded = load_checkpoint(tmp_path / "find" / "model.pt")
-    plain, mirrored = (predict_split(loaded, split, runtime=Runtime.create("fp32", "cpu"), batch_size=32).logits
-                       for split in (test, Split(np.ascontiguousarray(test.images[:, :, ::-1]), test.labels)))
-    expected = ((plain + mirrored).argmax(1).numpy() == test.labels).mean()
+    expected = flip_tta_accuracy(tmp_path / "find" / "model.pt", base, data)
     assert found_run.metrics["final_test_accuracy_tta"] == pytest.approx(expected)
 
 

@@ -47,14 +47,17 @@ def test_find_lr_feeds_onecycle_and_tta_is_reported(data, tmp_path):
     # optimizer during training.
     assert m["history"][-1]["lr"] == pytest.approx(planned[-1]) and m["history"][-1]["lr"] < found / 100
     assert (tmp_path / "lr_finder.png").read_bytes().startswith(b"\x89PNG")
-    # TTA, recomputed from the saved model in the evaluation's batches: the mean of the logits of each test
-    # image and of its mirror image
+    assert m["final_test_accuracy_tta"] == pytest.approx(flip_tta_accuracy(tmp_path / "model.pt", cfg, data))
+
+
+def flip_tta_accuracy(model_path, cfg, data) -> float:
+    """The TTA accuracy of an fp32 run, recomputed from its saved model in the evaluation's batches: the mean of
+    the logits of each test image and of its mirror image. (Also used by test_lit.)"""
     test = load_data(cfg, data).test
-    loaded = load_checkpoint(tmp_path / "model.pt")
-    plain, mirrored = (predict_split(loaded, split, runtime=Runtime.create("fp32", "cpu"), batch_size=32).logits
-                       for split in (test, Split(np.ascontiguousarray(test.images[:, :, ::-1]), test.labels)))
-    expected = ((plain + mirrored).argmax(1).numpy() == test.labels).mean()
-    assert m["final_test_accuracy_tta"] == pytest.approx(expected)
+    loaded = load_checkpoint(model_path)
+    plain, mirrored = (predict_split(loaded, split, runtime=Runtime.create("fp32", "cpu"), batch_size=cfg.batch_size)
+                       .logits for split in (test, Split(np.ascontiguousarray(test.images[:, :, ::-1]), test.labels)))
+    return float(((plain + mirrored).argmax(1).numpy() == test.labels).mean())
 
 
 def test_ctrl_c_between_the_two_writes_waits_until_both_are_written(data, tmp_path, monkeypatch):
