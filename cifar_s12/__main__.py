@@ -266,6 +266,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
           f"({result['train_gflops']:.0f} GFLOP/s at {result['train_gflop_per_image']:.2f} GFLOP per image)")
     print(f"train step, fp32 channels-first eager:      {result['baseline_fp32_images_per_second']:8.1f} images/s "
           f"({result['baseline_fp32_gflops']:.0f} GFLOP/s)  -> fast path is {result['fast_vs_baseline']:.2f}x")
+    print(f"matrix product {result['matmul_size']}x{result['matmul_size']}, fast dtype vs fp32: "
+          f"{result['matmul_fast_gflops']:.0f} vs {result['matmul_fp32_gflops']:.0f} GFLOP/s  -> "
+          f"{result['matmul_fast_vs_fp32']:.2f}x (the hardware's own gain from the fast dtype)")
     print(f"loader with training augmentations ({result['loader_workers']} workers): "
           f"{result['loader_images_per_second']:8.1f} images/s  -> {result['loader_vs_model']:.1f}x the model")
     if args.json:

@@ -42,6 +42,21 @@ def train_step_throughput(cfg: TrainConfig, runtime: Runtime, batch_size: int, s
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
+    """GFLOP/s of ``size`` x ``size`` matrix products in ``dtype``: the arithmetic alone, without the model's
+    memory traffic, layouts and small layers. The fast dtype's rate over fp32's is what the hardware itself gains
+    from lower precision (several times with CPU matrix engines such as AMX or GPU tensor cores, about 2x with
+    AVX-512 BF16 dot products), so it tells whether a fast-path target is within this machine's reach."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    torch.mm(a, b)  # warm-up: kernel choice and allocation
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    _sync(device)
+    return repeats * 2 * size ** 3 / (time.perf_counter() - start) / 1e9
+
+
 def training_flops_per_image(cfg: TrainConfig) -> float:
     """Floating-point operations of one training step per image (forward and backward), counted by torch's
     FlopCounterMode (convolutions and matrix products; 2 per multiply-add). Images/s times this is the arithmetic
@@ -67,7 +82,8 @@ def loader_throughput(cfg: TrainConfig, data: CifarData, batch_size: int, batche
 
 
 def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int = 4, warmup: int = 2,
-              loader_batches: int = 20, data: CifarData | None = None, device: str | None = None) -> dict:
+              loader_batches: int = 20, data: CifarData | None = None, device: str | None = None,
+              matmul_size: int | None = None, matmul_repeats: int | None = None) -> dict:
     cfg = cfg or TrainConfig()
     fast = Runtime.create("auto", device)
     baseline = Runtime.create("fp32", device)
@@ -94,6 +110,15 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
     result["train_gflop_per_image"] = flops / 1e9
     result["train_gflops"] = result["train_images_per_second"] * flops / 1e9
     result["baseline_fp32_gflops"] = result["baseline_fp32_images_per_second"] * flops / 1e9
+    # A GPU finishes a 2048-sized product in microseconds: bigger and more products there, so that timing holds.
+    on_gpu = fast.device.type == "cuda"
+    matmul_size = matmul_size or (4096 if on_gpu else 2048)
+    matmul_repeats = matmul_repeats or (50 if on_gpu else 8)
+    # Without a fast dtype the fast path is fp32: one measurement serves both, and the gain is exactly 1.
+    fp32_matmul = matmul_gflops(fast.device, torch.float32, matmul_size, matmul_repeats)
+    fast_matmul = matmul_gflops(fast.device, fast.dtype, matmul_size, matmul_repeats) if fast.dtype else fp32_matmul
+    result.update(matmul_size=matmul_size, matmul_fast_gflops=fast_matmul, matmul_fp32_gflops=fp32_matmul,
+                  matmul_fast_vs_fp32=fast_matmul / fp32_matmul)
     result["fast_vs_baseline"] = result["train_images_per_second"] / result["baseline_fp32_images_per_second"]
     result["loader_vs_model"] = result["loader_images_per_second"] / result["train_images_per_second"]
     return result
