@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from figures import png_image
 
 from cifar_s12.dataset import REPO_DIR
 
@@ -195,7 +196,7 @@ def test_train_writes_metrics_checkpoint_and_curves(tmp_path):
     ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
     assert ckpt["model"] == "custom_resnet" and len(ckpt["classes"]) == 10 and ckpt["epoch"] == 2
     assert ckpt["data_source"] == metrics["data_source"]  # report finds the data again from here
-    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png_image(out / "curves.png")
 
 
 def test_lr_find_prints_a_suggestion(tmp_path):
@@ -205,4 +206,4 @@ def test_lr_find_prints_a_suggestion(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     suggested = float(r.stdout.split("suggested max LR: ")[1].split()[0])
     assert 0.02 <= suggested <= 0.05  # one of the LRs tried in this narrow range: --start-lr and --end-lr were used
-    assert plot.read_bytes().startswith(b"\x89PNG")
+    png_image(plot)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from figures import png_image
 from test_cli import cli
 from test_train import flip_tta_accuracy
 
@@ -73,7 +74,7 @@ def test_cli_lightning_writes_the_plain_trainers_outputs_and_lightnings_logs(tmp
     assert {"final_test_accuracy", "history", "lr_schedule", "wall_seconds", "config"} <= set(metrics)
     ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
     assert ckpt["model"] == "custom_resnet" and ckpt["epoch"] == 1 and ckpt["trainer"] == "lightning"
-    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    png_image(out / "curves.png")
     assert list((out / "tensorboard").glob("version_0/events.out.tfevents.*"))
     assert "val_acc" in (out / "csv" / "version_0" / "metrics.csv").read_text()
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -1,6 +1,7 @@
 """LR range tests: torch-lr-finder and Lightning's Tuner from the same weights and loaders, and the suggestion rule."""
 import pytest
 import torch
+from figures import png_image
 from test_cli import cli
 
 from cifar_s12.builders import build_loaders, load_data
@@ -77,4 +78,4 @@ def test_lr_finders_side_by_side_plot(tmp_path):
             "--workers", "0", "--plot", plot)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "torch-lr-finder" in r.stdout and "Lightning" in r.stdout
-    assert plot.read_bytes()[:4] == b"\x89PNG"
+    png_image(plot)

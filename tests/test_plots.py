@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from figures import png_image
 from PIL import Image
 
 from cifar_s12.dataset import CLASSES
@@ -21,10 +22,7 @@ def image_tiles(fig) -> int:
 
 def saved_png(fig, path) -> Image.Image:
     save_figure(fig, path)
-    with Image.open(path) as image:
-        image.load()
-        assert image.format == "PNG" and image.width > 100 and image.height > 100
-        return image
+    return png_image(path)
 
 
 def test_to_display_undoes_the_normalisation():

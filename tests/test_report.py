@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from figures import png_image
 from test_cli import cli
 
 from cifar_s12.analysis import Predictions, load_checkpoint
@@ -28,8 +29,7 @@ def test_report_writes_every_figure_and_table(checkpoint, tmp_path):
     assert "test accuracy" in r.stdout and "layer layer3.1" in r.stdout
     for name in ("misclassified.png", "gradcam.png", "confusion_matrix.png", "per_class.png", "curves.png",
                  "samples.png", "augmented.png"):
-        with Image.open(out / name) as image:
-            assert image.format == "PNG", name
+        png_image(out / name)
     with open(out / "per_class.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["class"] for r in rows][:2] == ["airplane", "automobile"] and sum(int(r["total"]) for r in rows) == 50

@@ -5,6 +5,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+from figures import png_image
 
 import cifar_s12.train as train
 from cifar_s12.analysis import load_checkpoint, predict_split
@@ -46,7 +47,7 @@ def test_find_lr_feeds_onecycle_and_tta_is_reported(data, tmp_path):
     # ... and the optimizer really used it: the history's LR is the one of the epoch's last step, read from the
     # optimizer during training.
     assert m["history"][-1]["lr"] == pytest.approx(planned[-1]) and m["history"][-1]["lr"] < found / 100
-    assert (tmp_path / "lr_finder.png").read_bytes().startswith(b"\x89PNG")
+    png_image(tmp_path / "lr_finder.png")
     assert m["final_test_accuracy_tta"] == pytest.approx(flip_tta_accuracy(tmp_path / "model.pt", cfg, data))
 
 
