@@ -268,7 +268,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
           f"({result['baseline_fp32_gflops']:.0f} GFLOP/s)  -> fast path is {result['fast_vs_baseline']:.2f}x")
     print(f"matrix product {result['matmul_size']}x{result['matmul_size']}, fast dtype vs fp32: "
           f"{result['matmul_fast_gflops']:.0f} vs {result['matmul_fp32_gflops']:.0f} GFLOP/s  -> "
-          f"{result['matmul_fast_vs_fp32']:.2f}x (the hardware's own gain from the fast dtype)")
+          f"{result['matmul_fast_vs_fp32']:.2f}x; at that rate the fast path could reach "
+          f"{result['ceiling_vs_baseline']:.2f}x the baseline (it runs at {result['train_gflops_of_matmul']:.0%} of it)")
     print(f"loader with training augmentations ({result['loader_workers']} workers): "
           f"{result['loader_images_per_second']:8.1f} images/s  -> {result['loader_vs_model']:.1f}x the model")
     if args.json:
@@ -340,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the comparison already in --out")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("bench", help="measure training-step (fast path vs fp32 baseline) and loader throughput")
+    p = sub.add_parser("bench", help="measure training-step (fast path vs fp32 baseline) and loader throughput, "
+                                     "and matrix products in the fast dtype vs fp32")
     p.add_argument("--model", choices=sorted(MODELS), default="custom_resnet", help="network (default: custom_resnet)")
     p.add_argument("--batch-size", type=_positive_int, default=512, help="images per step (default: 512)")
     p.add_argument("--steps", type=_positive_int, default=4, help="timed training steps per variant (default: 4)")
