@@ -60,6 +60,18 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int, repeats: 
     return repeats * 2 * size ** 3 / (time.perf_counter() - start) / 1e9
 
 
+def best_matmul_gflops(fast: Runtime, size: int, repeats: int, rounds: int = 3) -> tuple[float, float]:
+    """(fp32, fast dtype) matrix-product GFLOP/s, each its best of ``rounds``. The dtypes alternate, so that a burst
+    of other work on a shared machine does not land on one of them only. Without a fast dtype the fast path is fp32:
+    one measurement serves both."""
+    fp32, fast_rates = [], []
+    for _ in range(rounds):
+        fp32.append(matmul_gflops(fast.device, torch.float32, size, repeats))
+        if fast.dtype:
+            fast_rates.append(matmul_gflops(fast.device, fast.dtype, size, repeats))
+    return max(fp32), max(fast_rates) if fast.dtype else max(fp32)
+
+
 def training_flops_per_image(cfg: TrainConfig) -> float:
     """Floating-point operations of one training step per image (forward and backward), counted by torch's
     FlopCounterMode (convolutions and matrix products; 2 per multiply-add). Images/s times this is the arithmetic
@@ -117,13 +129,7 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
     on_gpu = fast.device.type != "cpu"
     matmul_size = matmul_size if matmul_size is not None else (4096 if on_gpu else 2048)
     matmul_repeats = matmul_repeats if matmul_repeats is not None else (20 if on_gpu else 3)
-    # Alternate the two dtypes over a few rounds and keep each one's best, so that a burst of other work on a shared
-    # machine does not land on one of them only. Without a fast dtype the fast path is fp32: one measurement.
-    rounds = [(matmul_gflops(fast.device, torch.float32, matmul_size, matmul_repeats),
-               matmul_gflops(fast.device, fast.dtype, matmul_size, matmul_repeats) if fast.dtype else None)
-              for _ in range(3)]
-    fp32_matmul = max(fp32 for fp32, _ in rounds)
-    fast_matmul = max(f for _, f in rounds) if fast.dtype else fp32_matmul
+    fp32_matmul, fast_matmul = best_matmul_gflops(fast, matmul_size, matmul_repeats)
     result.update(matmul_size=matmul_size, matmul_fast_gflops=fast_matmul, matmul_fp32_gflops=fp32_matmul,
                   matmul_fast_vs_fp32=fast_matmul / fp32_matmul,
                   # the fast path could at best run the whole step at the fast dtype's matrix-product rate
