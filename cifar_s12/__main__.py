@@ -1,4 +1,4 @@
-"""The command line: ``python -m cifar_s12 {train,lr-find,compare,bench,results,report,predict} ...``.
+"""The command line: ``python -m cifar_s12 COMMAND ...``; ``--help`` lists the commands.
 
 Parses flags and calls the package; no training logic of its own. A UserError (missing data, bad file, unknown name) becomes one line on stderr and exit 2.
 """
@@ -48,6 +48,9 @@ _non_negative_float = _number(float, lambda v: v >= 0, "0 or more")
 _positive_float = _number(float, lambda v: v > 0, "a positive number")
 _fraction = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 _unit_interval = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+_port = _number(int, lambda v: 0 < v < 65536, "a port number, 1-65535")
+CHECKPOINT_HELP = ("model.pt from train, a Lightning .ckpt or a .safetensors from export "
+                   "(default: the shipped weights, weights/custom_resnet.safetensors)")
 
 
 def _add_data_flags(p: argparse.ArgumentParser, where: str, download_default: bool | None = True) -> None:
@@ -287,23 +290,65 @@ def cmd_results(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
+    from .weights import checkpoint_or_shipped
 
     _check_out_dir(args.out)
-    for line in write_report(args.checkpoint, args.out, data_dir=args.data_dir, test_images=args.test_subset,
+    for line in write_report(checkpoint_or_shipped(args.checkpoint), args.out, data_dir=args.data_dir, test_images=args.test_subset,
                              layer=args.layer, opacity=args.opacity, n=args.n, download=args.download):
         print(line)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .analysis import load_checkpoint, load_image, predict_probabilities, top_k
+    from .analysis import load_image, predict_probabilities, top_k
+    from .checkpoints import load_checkpoint
+    from .weights import checkpoint_or_shipped
 
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(checkpoint_or_shipped(args.checkpoint))
     loaded_images = [load_image(path) for path in args.images]  # every file is checked before any output
     probabilities = predict_probabilities(loaded, [image for image, _ in loaded_images])
     for path, (_, note), best in zip(args.images, loaded_images, top_k(probabilities, loaded.classes, args.top)):
         if note:
             print(f"note: {note}")
         print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in best))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .weights import export_weights
+
+    _check_out_file(args.out, "--out")
+    for line in export_weights(args.checkpoint, args.out, data_dir=args.data_dir, commit=args.commit):
+        print(line)
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    from .app import serve
+
+    print(f"serving the app on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+    serve(args.checkpoint, host=args.host, port=args.port, data_dir=args.data_dir, keep_files=args.keep_files)
+
+
+def cmd_space(args: argparse.Namespace) -> None:
+    from .space import write_space
+    from .weights import checkpoint_or_shipped
+
+    _check_out_dir(args.out)
+    for line in write_space(args.out, checkpoint_or_shipped(args.checkpoint), data_dir=args.data_dir):
+        print(line)
+
+
+def cmd_app_bench(args: argparse.Namespace) -> None:
+    from .app_bench import run_app_bench
+    from .utils import write_json
+
+    if args.json:
+        _check_out_file(args.json, "--json")
+    result = run_app_bench(args.checkpoint, clients=tuple(args.clients), requests=args.requests, url=args.url)
+    for row in result["runs"]:
+        print(f"{row['clients']} client{'s' if row['clients'] > 1 else ' '}: {row['requests']} requests, "
+              f"p50 {row['p50_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms, max {row['max_ms']:.0f} ms, "
+              f"{row['requests_per_second']:.1f} requests/s" + (f", {row['errors']} errors" if row["errors"] else ""))
+    if args.json:
+        write_json(args.json, result)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("report", help="figures and tables of a trained model on the test set, written to --out")
-    p.add_argument("--checkpoint", required=True, help="model.pt from train, or a Lightning .ckpt")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     _add_data_flags(p, " (default: where the run found it, if it is still there; else $CIFAR_S12_DATA, else data/)")
     p.add_argument("--test-subset", type=_positive_int, help="use a class-balanced subset of N test images")
     # The flag's earlier name, still accepted; not listed, so --subset means training images everywhere in --help.
@@ -372,10 +417,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("predict", help="top classes with probabilities for image files (any size: made 32x32)")
-    p.add_argument("--checkpoint", required=True, help="model.pt from train, or a Lightning .ckpt")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--top", type=_positive_int, default=3, help="how many classes to print (default: 3)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a run's checkpoint -> fp16 safetensors + card (JSON) + mistakes cache, "
+                                      "measured on the test set")
+    p.add_argument("--checkpoint", required=True, help="model.pt from train, or a Lightning .ckpt")
+    p.add_argument("--out", default="weights/custom_resnet.safetensors",
+                   help="the .safetensors file (default: weights/custom_resnet.safetensors, the shipped weights)")
+    p.add_argument("--data-dir", help="CIFAR-10 for measuring them (default: $CIFAR_S12_DATA, else data/)")
+    p.add_argument("--commit", help="the git commit the run trained at (default: the one its metrics.json records)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("app", help="serve the Gradio app (classify uploads, GradCAM, misclassified gallery)")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=_port, default=7860, help="default: 7860")
+    p.add_argument("--data-dir", help="CIFAR-10, to find the mistakes when they are not cached (default: "
+                                      "$CIFAR_S12_DATA, else data/; never downloaded)")
+    p.add_argument("--keep-files", type=_positive_int, default=600, metavar="SECONDS",
+                   help="uploads and result images are deleted from Gradio's cache after this long (default: 600)")
+    p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser("space", help="write a self-contained Hugging Face Space folder for the app")
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.add_argument("--checkpoint", help="weights to ship (a .safetensors from export; default: the shipped ones)")
+    p.add_argument("--data-dir", help="CIFAR-10, if the weights' mistakes are not cached yet")
+    p.set_defaults(func=cmd_space)
+
+    p = sub.add_parser("app-bench", help="latency and throughput of the app's classify + GradCAM over HTTP")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--url", help="bench an app already running there instead of starting one")
+    p.add_argument("--clients", type=_positive_int, nargs="+", default=[1, 8],
+                   help="concurrent client counts to measure (default: 1 8)")
+    p.add_argument("--requests", type=_positive_int, default=200, help="requests per client (default: 200)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_app_bench)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Looking at a trained model: checkpoint loading, predictions on the test set, confusion, GradCAM, predict.
 
-Read top to bottom: load a checkpoint -> collect predictions in one pass -> confusion and per-class accuracy ->
+Read top to bottom (checkpoints.py loads the model): collect predictions in one pass -> confusion and per-class accuracy ->
 GradCAM maps -> predicting single image files. Figures of all of these are drawn by ``plots.py``.
 """
 from __future__ import annotations
@@ -17,75 +17,12 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from .checkpoints import LoadedModel
 from .dataset import CifarDataset, Split, make_loader
 from .errors import UserError
-from .model import NUM_CLASSES, build_model
-from .runtime import Runtime, autocast_dtype, pick_device, predict_logits
+from .runtime import Runtime, predict_logits
 from .transform import test_transform
-from .utils import CHECKPOINT_FORMAT, atomic_path, read_checkpoint_file
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: the plain trainer's .pt and Lightning's .ckpt, to a ready model
-@dataclass
-class LoadedModel:
-    model: nn.Module          # in eval mode, on the CPU, fp32
-    model_name: str
-    classes: tuple[str, ...]
-    config: dict              # the training recipe (TrainConfig.to_dict())
-    path: Path
-    data_source: str | None = None  # where the run read CIFAR-10 (model.pt records it; a Lightning .ckpt does not)
-
-    def runtime(self, device: str | None = None) -> Runtime:
-        """The device and autocast dtype the trainer used (its ``precision``), for inference the same way; a run
-        trained in fp16 on a GPU is read with this CPU's ``auto`` choice (CPUs have no fp16 path here)."""
-        dev = pick_device(device)
-        precision = self.config.get("precision", "auto")
-        if precision == "fp16" and dev.type == "cpu":
-            precision = "auto"
-        return Runtime(dev, autocast_dtype(dev, precision))
-
-
-def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
-    """A ``.pt`` from ``utils.save_checkpoint`` or a Lightning ``.ckpt`` -> the model in eval mode + class names.
-
-    Lightning is not imported: its checkpoint is a torch dict whose ``hyper_parameters`` carry the same
-    model_name / model_kwargs / config / classes as the plain payload, and whose weights are prefixed ``model.``.
-    """
-    path = Path(path)
-    payload = read_checkpoint_file(path)
-    if payload.get("format") == CHECKPOINT_FORMAT:
-        missing = [key for key in ("model", "model_kwargs", "config", "classes", "state_dict") if key not in payload]
-        if missing:
-            raise UserError(f"{path} is an incomplete cifar_s12 checkpoint (no {', '.join(missing)})")
-        name, kwargs, config, classes = (payload["model"], payload["model_kwargs"], payload["config"],
-                                         payload["classes"])
-        state = payload["state_dict"]
-    elif isinstance(payload.get("hyper_parameters"), dict) and "model_name" in payload["hyper_parameters"]:
-        hp = payload["hyper_parameters"]
-        name, kwargs, config, classes = (hp["model_name"], hp.get("model_kwargs", {}), hp.get("config", {}),
-                                         hp.get("classes"))
-        state = {k[len("model."):]: v for k, v in payload.get("state_dict", {}).items() if k.startswith("model.")}
-    else:
-        raise UserError(f"{path} is a torch file but not a cifar_s12 checkpoint (no model name and classes in it)")
-    if not classes:
-        raise UserError(f"{path} does not name its classes (hyper_parameters['classes'])")
-    if len(classes) != NUM_CLASSES:
-        raise UserError(f"{path} names {len(classes)} classes; the models here predict {NUM_CLASSES}")
-    model = _build(name, kwargs, path)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        detail = " ".join(line.strip() for line in str(err).splitlines()[1:])  # line 0 only says "Error(s)"
-        raise UserError(f"{path}: its weights do not fit model {name!r}: {detail[:300]}") from None
-    return LoadedModel(model.eval(), name, tuple(classes), dict(config), path, payload.get("data_source"))
-
-
-def _build(name: str, kwargs: dict, path: Path) -> nn.Module:
-    try:
-        return build_model(name, **kwargs)
-    except (ValueError, TypeError) as err:
-        raise UserError(f"{path}: cannot build model {name!r} ({err})") from None
+from .utils import atomic_path
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,6 +156,29 @@ def check_cam_layer(model: nn.Module, name: str | None = None) -> str:
     return name
 
 
+def cam_layer_choices(model: nn.Module) -> dict[str, str]:
+    """The layers to offer for GradCAM, {readable label: dotted module name}, input side first: the model class's
+    ``cam_blocks`` (else its default layer alone), each labelled with the feature map it outputs, e.g.
+    "layer 3: R2, second conv · 512 ch, 4x4 (default)". One forward pass of a blank image measures them."""
+    names = dict(getattr(type(model), "cam_blocks", None) or {default_cam_layer(model): default_cam_layer(model)})
+    shapes: dict[str, tuple] = {}
+    def record(name):
+        def hook(module, args, output):  # a hook that returns something would replace the output
+            shapes[name] = tuple(output.shape)
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in names]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    default = default_cam_layer(model)
+    return {f"{label} · {shapes[name][1]} ch, {shapes[name][2]}x{shapes[name][3]}"
+            f"{' (default)' if name == default else ''}": name for name, label in names.items()}
+
+
 def gradcam(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int], layer: str | None = None) -> np.ndarray:
     """GradCAM maps, (N, H, W) float32 in [0, 1] at the inputs' size, one per image for its class in ``targets``.
 
@@ -230,8 +190,18 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int], laye
 
     target_layer = resolve_layer(model, layer)
     device = next(model.parameters()).device
-    with GradCAM(model=model.eval(), target_layers=[target_layer]) as cam:
-        maps = cam(input_tensor=inputs.to(device), targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    # GradCAM needs the gradients of the layer's activations only: with the weights frozen for the call and the
+    # input made a leaf that wants gradients instead, backward skips every weight gradient (about half its work).
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        with GradCAM(model=model.eval(), target_layers=[target_layer]) as cam:
+            maps = cam(input_tensor=inputs.to(device).requires_grad_(True),
+                       targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     return np.clip(maps, 0.0, 1.0)  # its min-max scaling can overshoot 1 by rounding
 
 
@@ -263,13 +233,28 @@ def load_image(path: str | os.PathLike, size: int = 32) -> tuple[np.ndarray, str
     changes = []
     if image.mode != "RGB":
         changes.append(f"converted from {image.mode} to RGB")
-        image = image.convert("RGB")
+        image = _to_rgb(image)
     if image.size != (size, size):
         crop = "centre-cropped and " if image.width != image.height else ""
         changes.append(f"{crop}resized from {image.width}x{image.height} to {size}x{size}")
         image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
     note = f"{path}: {', '.join(changes)}" if changes else None
     return np.asarray(image, dtype=np.uint8), note
+
+
+def _to_rgb(image):
+    """Any PIL mode -> RGB. 16-bit and float grey levels are scaled to 8 bits (PIL's own conversion clips them,
+    turning most of a 16-bit image white); transparent pixels are shown on white, as a viewer shows them."""
+    from PIL import Image
+
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from .builders import build_criterion, build_loaders, build_model_for, build_optimizer, build_scheduler, load_data
+from .checkpoints import read_checkpoint_file
 from .config import TrainConfig
 from .dataset import CLASSES, CifarData, load_cifar10
 from .errors import UserError
@@ -34,7 +35,7 @@ from .lr_find import LR_FINDERS, LRFindResult, range_test, steepest_descent_lr
 from .model import NUM_CLASSES, build_model
 from .runtime import accelerator_device, lightning_precision, predict_logits
 from .train import RunResult, format_epoch, new_metrics, record_epoch, save_outputs, save_run_figures
-from .utils import cli_command, read_checkpoint_file, seed_everything, write_json
+from .utils import cli_command, seed_everything, write_json
 
 # Lightning's own notices that a user cannot act on: an internal deprecation of its pytree code under newer torch,
 # and ModelSummary's note that it sizes bf16 parameters as fp32 (they are fp32: autocast keeps fp32 weights).

@@ -48,6 +48,11 @@ class CustomResNet(nn.Module):
 
     #: Default GradCAM layer: the last block of the last residual stage.
     cam_layer = "layer3.1.body.1"
+    #: The blocks GradCAM can look at, by the course's names (the app's layer menu), input side first.
+    cam_blocks = {"prep": "prep: conv", "layer1.0": "layer 1: conv + pool", "layer1.1": "layer 1: R1, x + R1(x)",
+                  "layer2": "layer 2: conv + pool", "layer3.0": "layer 3: conv + pool",
+                  "layer3.1.body.0": "layer 3: R2, first conv", "layer3.1.body.1": "layer 3: R2, second conv",
+                  "layer3.1": "layer 3: R2, x + R2(x)"}
 
     def __init__(self, num_classes: int = NUM_CLASSES, dropout: float = 0.0, logit_scale: float = 1.0):
         super().__init__()
@@ -97,6 +102,8 @@ class ResNet18(nn.Module):
     """
 
     cam_layer = "layer4.1"
+    cam_blocks = {"layer1": "layer 1", "layer2": "layer 2", "layer3": "layer 3", "layer4.0": "layer 4, block 1",
+                  "layer4.1": "layer 4, block 2"}
 
     def __init__(self, num_classes: int = NUM_CLASSES, norm: str = "bn", groups: int = 32,
                  logit_scale: float = 1.0):

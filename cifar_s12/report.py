@@ -11,9 +11,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .analysis import (LoadedModel, Predictions, check_cam_layer, confusion_matrix, default_cam_layer,
-                       first_per_class, gradcam, load_checkpoint, normalised, per_class_accuracy, predict_split,
-                       write_per_class_csv)
+from .analysis import (Predictions, check_cam_layer, confusion_matrix, default_cam_layer, first_per_class, gradcam,
+                       normalised, per_class_accuracy, predict_split, write_per_class_csv)
+from .checkpoints import LoadedModel, load_checkpoint
 from .config import TrainConfig
 from .dataset import Split, load_cifar10, subset
 from .plots import (plot_augmented, plot_confusion_matrix, plot_curves, plot_gradcam, plot_misclassified,

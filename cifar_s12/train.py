@@ -19,13 +19,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
 from .builders import build_criterion, build_loaders, build_model_for, build_optimizer, build_scheduler, load_data
+from .checkpoints import save_checkpoint
 from .config import TrainConfig
 from .dataset import CifarData
 from .errors import UserError
 from .lr_find import LRFindResult, find_lr, range_test_iters
 from .model import count_parameters
 from .runtime import Runtime, predict_logits
-from .utils import cli_command, interrupts_deferred, save_checkpoint, seed_everything, write_json
+from .utils import cli_command, interrupts_deferred, provenance, seed_everything, write_json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -167,8 +168,8 @@ def new_metrics(trainer: str, cfg: TrainConfig, model: nn.Module, device: str, d
     """
     return {"trainer": trainer, "model": cfg.model, "parameters": count_parameters(model), "device": device,
             "data_source": data.source, "train_images": len(data.train), "test_images": len(data.test),
-            "loader_workers": loader_workers, "config": cfg.to_dict(), "command": cli_command(), "history": [],
-            "lr_schedule": []}
+            "loader_workers": loader_workers, "config": cfg.to_dict(), "command": cli_command(), **provenance(),
+            "history": [], "lr_schedule": []}
 
 
 def record_epoch(metrics: dict, row: dict, lr_schedule: list[float], wall_start: float) -> None:

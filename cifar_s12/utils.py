@@ -1,4 +1,4 @@
-"""Small shared helpers: seeding, the command line of a run, atomic file writes, checkpoints.
+"""Small shared helpers: seeding, the command line of a run, atomic file writes (checkpoints: checkpoints.py).
 
 Device and precision choice live in runtime.py."""
 from __future__ import annotations
@@ -16,9 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from .errors import UserError
 
 COMMAND_ENV_VAR = "CIFAR_S12_COMMAND"
 
@@ -33,6 +31,32 @@ def cli_command() -> str | None:
     if argv0.name == "__main__.py" and argv0.parent.name == "cifar_s12":
         return shlex.join(["python", "-m", "cifar_s12", *sys.argv[1:]])
     return os.environ.get(COMMAND_ENV_VAR) or None
+
+
+def provenance() -> dict:
+    """What a result needs to be reproduced: the git commit the package ran at (None outside a git checkout) and
+    whether the tree had uncommitted changes, and the versions of the libraries that decide the numbers."""
+    import subprocess
+    from importlib import metadata
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                                  text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit, "git_clean": None if status is None else status == "",
+            "versions": {name: version(name) for name in ("torch", "pytorch-lightning", "albumentations")}}
 
 
 def seed_everything(seed: int) -> None:
@@ -89,36 +113,3 @@ def interrupts_deferred():
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-CHECKPOINT_FORMAT = "cifar_s12.checkpoint/1"
-
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, model_kwargs: dict,
-                    config: dict, classes: tuple[str, ...], **extra) -> None:
-    """A self-describing ``.pt``: enough to rebuild the model without the code that trained it."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": CHECKPOINT_FORMAT, "state_dict": state, "model": model_name,
-               "model_kwargs": model_kwargs, "config": config, "classes": list(classes), **extra}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def read_checkpoint_file(path: str | os.PathLike, context: str = "") -> dict:
-    """A torch checkpoint file as a dict, or a UserError that says what is wrong (``context`` prefixes it).
-
-    weights_only=False: Lightning may store its hyper-parameters as an AttributeDict, which the safe unpickler
-    refuses; the file is the user's own training output.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{context}checkpoint {path} is a folder; name the file (model.pt or a .ckpt)")
-    if not path.is_file():
-        raise UserError(f"{context}checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(f"{context}{path} is not a checkpoint: torch.load failed ({type(err).__name__})") from None
-    if not isinstance(payload, dict):
-        raise UserError(f"{context}{path} is not a checkpoint: it holds a {type(payload).__name__}, not a dict")
-    return payload

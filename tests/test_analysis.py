@@ -4,11 +4,11 @@ import torch
 from PIL import Image
 
 from cifar_s12.analysis import (Predictions, check_cam_layer, collect_logits, confusion_matrix, first_per_class, gradcam,
-                                load_checkpoint, load_image, normalised, per_class_accuracy, predict_probabilities,
-                                predict_split, resolve_layer, top_k, write_per_class_csv)
+                                load_image, normalised, per_class_accuracy, predict_probabilities, predict_split,
+                                resolve_layer, top_k, write_per_class_csv)
+from cifar_s12.checkpoints import load_checkpoint
 from cifar_s12.dataset import CLASSES, CifarDataset, make_loader, subset
 from cifar_s12.errors import UserError
-from cifar_s12 import runtime
 from cifar_s12.runtime import Runtime
 from cifar_s12.transform import test_transform as eval_transform
 
@@ -28,77 +28,6 @@ def test_split(data):
 @pytest.fixture(scope="module")
 def preds(loaded, test_split):
     return predict_split(loaded, test_split, runtime=FP32)
-
-
-def lightning_style(checkpoint_path, out_path):
-    """What the Lightning module saves: weights under ``model.``, the recipe in hyper_parameters."""
-    plain = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    state = {f"model.{k}": v for k, v in plain["state_dict"].items()}
-    state["criterion.dummy"] = torch.zeros(1)  # other sub-modules of the LightningModule are not the network's
-    torch.save({"epoch": 1, "global_step": 10, "pytorch-lightning_version": "2.5.0", "state_dict": state,
-                "hyper_parameters": {"model_name": plain["model"], "model_kwargs": plain["model_kwargs"],
-                                     "config": plain["config"], "classes": plain["classes"]}}, out_path)
-    return out_path
-
-
-def test_pt_and_lightning_ckpt_load_to_the_same_model(checkpoint, tmp_path, monkeypatch):
-    pt = load_checkpoint(checkpoint)
-    ckpt = load_checkpoint(lightning_style(checkpoint, tmp_path / "last.ckpt"))
-    assert pt.classes == ckpt.classes == CLASSES and pt.model_name == ckpt.model_name == "custom_resnet"
-    assert not pt.model.training and not ckpt.model.training
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(pt.model(x), ckpt.model(x), rtol=0, atol=0)
-    assert pt.config["epochs"] == 2 and pt.config["precision"] == "auto"
-    # Inference in the precision the trainer ran: the recipe's "auto" is bf16 on a CPU with bf16 instructions ...
-    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: True)
-    assert pt.runtime("cpu").dtype == torch.bfloat16
-    pt.config["precision"] = "fp32"  # ... and a run made with --precision fp32 is read in fp32
-    assert pt.runtime("cpu").dtype is None
-    pt.config["precision"] = "fp16"  # a GPU run in fp16, read on a laptop: this CPU's own choice, not an error
-    assert pt.runtime("cpu").dtype == torch.bfloat16
-
-
-@pytest.mark.parametrize("content, message", [
-    (b"hello, not a checkpoint", "is not a checkpoint"),
-    (None, "does not exist"),
-])
-def test_files_that_are_not_checkpoints(tmp_path, content, message):
-    path = tmp_path / "model.pt"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(UserError, match=message):
-        load_checkpoint(path)
-
-
-def test_a_torch_file_without_model_and_classes_is_refused(tmp_path):
-    torch.save({"state_dict": {}}, tmp_path / "x.pt")
-    with pytest.raises(UserError, match="not a cifar_s12 checkpoint"):
-        load_checkpoint(tmp_path / "x.pt")
-    torch.save(torch.zeros(3), tmp_path / "t.pt")
-    with pytest.raises(UserError, match="not a checkpoint"):
-        load_checkpoint(tmp_path / "t.pt")
-
-
-def test_a_tampered_checkpoint_is_refused_not_a_traceback(checkpoint, tmp_path):
-    torch.save({"format": "cifar_s12.checkpoint/1"}, tmp_path / "tag-only.pt")
-    with pytest.raises(UserError, match="incomplete cifar_s12 checkpoint .*no model, model_kwargs"):
-        load_checkpoint(tmp_path / "tag-only.pt")
-    payload = torch.load(checkpoint, weights_only=False)
-    payload["classes"] = ["a", "b", "c"]
-    torch.save(payload, tmp_path / "three.pt")
-    with pytest.raises(UserError, match="names 3 classes; the models here predict 10"):
-        load_checkpoint(tmp_path / "three.pt")
-    with pytest.raises(UserError, match="is a folder"):
-        load_checkpoint(tmp_path)
-
-
-def test_a_lightning_ckpt_with_other_weights_is_refused(checkpoint, tmp_path):
-    payload = torch.load(lightning_style(checkpoint, tmp_path / "a.ckpt"), weights_only=False)
-    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if not k.startswith("model.fc")}
-    torch.save(payload, tmp_path / "b.ckpt")
-    with pytest.raises(UserError, match="do not fit model 'custom_resnet'.*fc.weight"):
-        load_checkpoint(tmp_path / "b.ckpt")
 
 
 def test_predictions_are_one_pass_and_match_the_model(loaded, test_split, preds):

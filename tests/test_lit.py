@@ -81,7 +81,7 @@ def test_cli_lightning_writes_the_plain_trainers_outputs_and_lightnings_logs(tmp
     assert {"model_name", "model_kwargs", "config", "classes"} <= set(last["hyper_parameters"])
     assert all(key.startswith("model.") for key in last["state_dict"])
     # The analysis tools read Lightning's last.ckpt as they read model.pt: the same weights, the same classes.
-    from cifar_s12.analysis import load_checkpoint
+    from cifar_s12.checkpoints import load_checkpoint
 
     from_ckpt, from_pt = load_checkpoint(out / "checkpoints" / "last.ckpt"), load_checkpoint(out / "model.pt")
     assert from_ckpt.classes == from_pt.classes and from_ckpt.model_name == "custom_resnet"
@@ -100,7 +100,8 @@ def test_ddp_on_two_cpu_processes_writes_one_metrics_json(tmp_path):
     # Each process validates half of the 128 test images; the logged accuracy must be over all of them (synchronised).
     # Checked against an independent pass of the saved model over the same 128 images (one image of slack for bf16
     # rounding with other batch sizes).
-    from cifar_s12.analysis import load_checkpoint, predict_split
+    from cifar_s12.analysis import predict_split
+    from cifar_s12.checkpoints import load_checkpoint
     from cifar_s12.dataset import load_cifar10, subset
 
     test = subset(load_cifar10(download=False), test=128).test

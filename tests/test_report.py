@@ -8,7 +8,8 @@ from PIL import Image
 from figures import png_image
 from test_cli import cli
 
-from cifar_s12.analysis import Predictions, load_checkpoint
+from cifar_s12.analysis import Predictions
+from cifar_s12.checkpoints import load_checkpoint
 from cifar_s12.dataset import CLASSES
 from cifar_s12.errors import UserError
 from cifar_s12.report import write_mistakes
@@ -104,7 +105,6 @@ def test_report_reads_the_data_from_where_the_run_found_it(checkpoint, tiny_dir,
     import json
     import shutil
 
-    from cifar_s12.analysis import load_checkpoint
     from cifar_s12.report import recorded_data_dir
 
     monkeypatch.chdir(tmp_path)  # the run's relative --data-dir (or none at all) says nothing from here

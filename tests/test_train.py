@@ -8,7 +8,8 @@ import torch
 from figures import png_image
 
 import cifar_s12.train as train
-from cifar_s12.analysis import load_checkpoint, predict_split
+from cifar_s12.analysis import predict_split
+from cifar_s12.checkpoints import load_checkpoint
 from cifar_s12.builders import load_data, planned_lrs
 from cifar_s12.dataset import Split
 from cifar_s12.runtime import Runtime
