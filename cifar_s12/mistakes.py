@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import predict_split
+from .analysis import Predictions, predict_split
 from .checkpoints import LoadedModel
 from .dataset import DEFAULT_DATA_DIR, load_cifar10
 from .errors import UserError
@@ -51,9 +51,12 @@ def cache_paths(weights: str | os.PathLike) -> list[Path]:
 
 def compute_mistakes(loaded: LoadedModel, test, limit: int = MAX_MISTAKES) -> Mistakes:
     """One pass over the ``test`` Split, as ``report`` makes it (the same predictions and accuracy)."""
-    preds = predict_split(loaded, test)
+    return mistakes_of(predict_split(loaded, test), limit)
+
+
+def mistakes_of(preds: Predictions, limit: int = MAX_MISTAKES) -> Mistakes:
     idx = preds.misclassified(limit).numpy()
-    return Mistakes(preds.accuracy, len(test), preds.images[idx], preds.labels[idx].numpy(),
+    return Mistakes(preds.accuracy, len(preds.labels), preds.images[idx], preds.labels[idx].numpy(),
                     preds.predicted[idx].numpy(), preds.confidence[idx].numpy())
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import predict_split
+from .analysis import Predictions, predict_split
 from .checkpoints import load_checkpoint, save_safetensors
 from .config import TrainConfig
 from .dataset import REPO_DIR, Split, load_cifar10
 from .errors import UserError
-from .mistakes import cache_paths, compute_mistakes, file_sha256, write_mistakes
+from .mistakes import cache_paths, file_sha256, mistakes_of, write_mistakes
 from .model import count_parameters
 from .report import read_run_metrics, run_metrics_path
 from .utils import cli_command, provenance, write_json
@@ -43,14 +43,15 @@ def checkpoint_or_shipped(checkpoint: str | os.PathLike | None) -> Path:
     if checkpoint:
         return Path(checkpoint)
     if not SHIPPED_WEIGHTS.is_file():
-        raise UserError(f"no --checkpoint given, and this checkout has no shipped weights "
-                        f"({SHIPPED_WEIGHTS.relative_to(REPO_DIR)}): pass --checkpoint runs/NAME/model.pt")
+        shown = SHIPPED_WEIGHTS.relative_to(REPO_DIR) if SHIPPED_WEIGHTS.is_relative_to(REPO_DIR) else SHIPPED_WEIGHTS
+        raise UserError(f"no --checkpoint given, and this checkout has no shipped weights ({shown}): "
+                        f"pass --checkpoint runs/NAME/model.pt")
     return SHIPPED_WEIGHTS
 
 
-def flip_tta_accuracy(loaded, test: Split) -> float:
-    """Accuracy of the mean logits of each image and its mirror image (the trainers' ``--tta``)."""
-    plain = predict_split(loaded, test)
+def flip_tta_accuracy(loaded, test: Split, plain: Predictions) -> float:
+    """Accuracy of the mean logits of each image and its mirror image (the trainers' ``--tta``), given the
+    ``plain`` predictions of ``test``."""
     mirrored = predict_split(loaded, Split(np.ascontiguousarray(test.images[:, :, ::-1]), test.labels))
     return ((plain.logits + mirrored.logits).argmax(dim=1) == plain.labels).float().mean().item()
 
@@ -70,8 +71,8 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike = SHIPP
     cfg = TrainConfig.from_dict(loaded.config)
     save_safetensors(out, loaded.model, loaded.model_name, cfg.model_kwargs(), loaded.config, loaded.classes)
     shipped = load_checkpoint(out)
-    mistakes = compute_mistakes(shipped, data.test)
-    tta = flip_tta_accuracy(shipped, data.test)
+    preds = predict_split(shipped, data.test)
+    mistakes, tta = mistakes_of(preds), flip_tta_accuracy(shipped, data.test, preds)
     run_keys = ("trainer", "device", "command", "epochs_completed", "wall_seconds", "final_test_accuracy",
                 "final_test_accuracy_tta", "git_commit", "git_clean", "versions")
     card = {"weights": out.name, "sha256": file_sha256(out), "dtype": "float16", "model": loaded.model_name,
@@ -83,7 +84,10 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike = SHIPP
             "export_command": cli_command(), "exported_at_commit": provenance()["git_commit"]}
     write_json(card_path(out), card)
     cache = write_mistakes(mistakes, cache_paths(out)[:1])
-    return [f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp16) and {card_path(out)}",
+    done = metrics.get("epochs_completed")
+    unfinished = [f"note: the run stopped after {done} of its {cfg.epochs} epochs (finish it with --resume)"] \
+        if done is not None and done < cfg.epochs else []
+    return unfinished + [f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp16) and {card_path(out)}",
             f"test accuracy of the exported weights: {mistakes.accuracy:.4f} (flip TTA {tta:.4f}) on "
             f"{mistakes.test_images:,} test images; the run measured {metrics.get('final_test_accuracy', 'nothing')}",
             f"wrote {cache}" if cache else "could not write the mistakes cache beside the weights"]

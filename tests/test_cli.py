@@ -207,3 +207,39 @@ def test_lr_find_prints_a_suggestion(tmp_path):
     suggested = float(r.stdout.split("suggested max LR: ")[1].split()[0])
     assert 0.02 <= suggested <= 0.05  # one of the LRs tried in this narrow range: --start-lr and --end-lr were used
     png_image(plot)
+
+
+@pytest.mark.parametrize("command, flag", [("app", "--port"), ("export", "--commit"), ("space", "--out"),
+                                           ("app-bench", "--clients"), ("predict", "--checkpoint")])
+def test_help_of_the_app_commands_in_process(command, flag, capsys):
+    from cifar_s12.__main__ import main
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and flag in out and (command != "predict" or "custom_resnet.safetensors" in out)
+
+
+@pytest.mark.parametrize("args, message", [(["app", "--port", "0"], "a port number"),
+                                           (["app", "--port", "x"], "not a whole number"),
+                                           (["app-bench", "--clients", "0"], "a positive integer")])
+def test_bad_app_flags_are_argparse_errors(args, message, capsys):
+    from cifar_s12.__main__ import main
+
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_app_on_a_port_in_use_is_one_line(checkpoint, capsys):
+    import socket
+
+    from cifar_s12.__main__ import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["app", "--checkpoint", str(checkpoint), "--port", str(port), "--data-dir", "no-such-dir"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}") and err.count("\n") == 1
