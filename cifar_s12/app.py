@@ -7,14 +7,19 @@ once, the test-set mistakes come from a cache (mistakes.py), and every figure is
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: it would phone home
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from .analysis import (cam_layer_choices, default_cam_layer, gradcam, load_image, normalised,  # noqa: E402
                        predict_probabilities)
@@ -138,10 +143,46 @@ class S12App:
                 for image, t, p, c in zip(images, m.true[:n], m.predicted[:n], m.confidence[:n])]
 
 
+class PngFiles:
+    """The listeners' images as PNG files for Gradio, which copies a file into its cache atomically under a name
+    made from its content, once. (Handed an array instead, Gradio rewrites a same-content file in place, and a
+    concurrent download of it, as when two students click the same example, reads a truncated file.) Gradio's
+    copies go with ``keep_files``; these originals after a minute, or when the process ends."""
+
+    def __init__(self, keep_seconds: float = 60.0):
+        self.dir = Path(tempfile.mkdtemp(prefix="cifar-s12-app-"))
+        self.keep_seconds = keep_seconds
+        atexit.register(shutil.rmtree, self.dir, ignore_errors=True)
+
+    def __call__(self, image: np.ndarray | None) -> str | None:
+        if image is None:
+            return None
+        now = time.time()
+        for old in self.dir.glob("*.png"):
+            try:
+                if now - old.stat().st_mtime > self.keep_seconds:
+                    old.unlink()
+            except FileNotFoundError:  # another request pruned it first
+                pass
+        fd, path = tempfile.mkstemp(dir=self.dir, suffix=".png")
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(image).save(f, format="PNG")
+        return path
+
+
 def build_app(app: S12App, keep_files: int = KEEP_FILES_SECONDS) -> gr.Blocks:
     """One Blocks layout; each control re-runs its tab's listener, which is also an API endpoint
     (``/classify``, ``/misclassified``) for gradio_client."""
     layers = list(app.layers)
+    png = PngFiles()
+
+    def classify(*args):
+        seen, top, overlay = app.classify(*args)
+        return png(seen), top, png(overlay)
+
+    def misclassified(*args):
+        return [(png(image), caption) for image, caption in app.misclassified(*args)]
+
     with gr.Blocks(title="CIFAR-10 classifier (S12)", analytics_enabled=False,
                    delete_cache=(max(1, keep_files // 2), keep_files)) as demo:
         gr.Markdown(f"## CIFAR-10 classifier\n{app.header()}")
@@ -164,7 +205,7 @@ def build_app(app: S12App, keep_files: int = KEEP_FILES_SECONDS) -> gr.Blocks:
                                        height=200)
             # preprocess=False: the listener reads the upload itself with load_image (what `predict` does), so a
             # file PIL cannot open is a clear message in the page, not Gradio's generic one.
-            gr.on([image.change, k.release, show_cam.change, layer.change, opacity.release], app.classify,
+            gr.on([image.change, k.release, show_cam.change, layer.change, opacity.release], classify,
                   inputs=[image, k, show_cam, layer, opacity], outputs=[seen, top, overlay], api_name="classify",
                   preprocess=False)
         with gr.Tab("Misclassified"):
@@ -180,7 +221,7 @@ def build_app(app: S12App, keep_files: int = KEEP_FILES_SECONDS) -> gr.Blocks:
                 gallery_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="GradCAM opacity")
             gallery = gr.Gallery(label="Most confident mistakes", columns=5, height="auto", format="png")
             gr.on([demo.load, n.release, gallery_cam.change, gallery_layer.change, gallery_opacity.release],
-                  app.misclassified, inputs=[n, gallery_cam, gallery_layer, gallery_opacity], outputs=[gallery],
+                  misclassified, inputs=[n, gallery_cam, gallery_layer, gallery_opacity], outputs=[gallery],
                   api_name="misclassified", preprocess=False)
     return demo
 

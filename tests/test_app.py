@@ -203,6 +203,15 @@ def test_bad_uploads_and_arguments_are_errors_and_the_server_answers_next(server
                               api_name="/classify")[1]["confidences"]) == MAX_TOP_K  # clamped, and still serving
 
 
+def test_concurrent_clients_sending_the_same_images_all_get_whole_answers(server):
+    from cifar_s12.app_bench import run_clients
+
+    url, _, _ = server
+    figures = run_clients(url, clients=4, requests=5)  # 4 clients cycling through the same 10 examples
+    assert figures["errors"] == 0, figures["first_error"]
+    assert figures["requests"] == 20 and figures["p50_ms"] <= figures["p95_ms"] <= figures["max_ms"]
+
+
 def test_uploads_do_not_pile_up(server, images):
     from gradio_client import handle_file
 
