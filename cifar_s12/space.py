@@ -30,6 +30,8 @@ pillow>=10
 safetensors>=0.4
 tqdm>=4.66
 """
+# The Hub takes files over 10 MB through Git LFS only; the weights are 13 MB.
+GITATTRIBUTES = "*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.npz filter=lfs diff=lfs merge=lfs -text\n"
 APP_PY = '''"""Hugging Face Space entry point, written by `python -m cifar_s12 space`: serves the shipped weights."""
 from cifar_s12.app import space_main
 
@@ -83,6 +85,7 @@ def write_space(out: str | Path, weights: str | Path = SHIPPED_WEIGHTS, data_dir
     (out / "app.py").write_text(APP_PY)
     (out / "requirements.txt").write_text(SPACE_REQUIREMENTS)
     (out / "README.md").write_text(space_readme(read_card(weights)))
+    (out / ".gitattributes").write_text(GITATTRIBUTES)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return [f"wrote a Space to {out} ({size / 1e6:.1f} MB): app.py, requirements.txt, README.md, cifar_s12/, "
-            f"weights/, examples/", f"try it: cd {out} && python app.py; publish: push the folder to a Gradio Space"]
+            f"weights/, examples/", f"try it: cd {out} && python app.py; publish: docs/app.md, 'A Hugging Face Space'"]

@@ -244,6 +244,7 @@ def test_the_space_folder_starts_with_python_app_py_and_answers(app, weights, tm
     assert "app_file: app.py" in readme and "gradio" not in (space / "requirements.txt").read_text()
     assert sorted(p.name for p in (space / "weights").iterdir())[0].startswith("custom_resnet.mistakes-")
     assert len(list((space / "examples").glob("*.png"))) == 10 and not list(space.rglob("__pycache__"))
+    assert "*.safetensors filter=lfs" in (space / ".gitattributes").read_text()
     env = {"PYTHONPATH": "", "CIFAR_S12_DATA": str(tmp_path / "no-data")}  # the Space's own package, no data set
     with running_app([sys.executable, "app.py"], env=env, cwd=str(space)) as (_, client):
         label = client.predict(handle_file(str(space / "examples" / "cat.png")), 3, False, None, 0.5,

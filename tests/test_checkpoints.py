@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -120,19 +117,24 @@ class _RunsCode:
 
 
 @pytest.mark.parametrize("name", ["model.pt", "last.ckpt"])
-def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_runs_nothing(tmp_path, name):
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_runs_nothing(tmp_path, name, capsys):
     marker = tmp_path / "code-ran"
     path = tmp_path / name
     torch.save({"format": "cifar_s12.checkpoint/1", "state_dict": {}, "evil": _RunsCode(marker)}, path)
     with pytest.raises(UserError, match="refused: it holds more than tensors .*could run code \(it names "):
         load_checkpoint(path)
     assert not marker.exists()
-    # ... and through the CLI: one error line, exit 2, still nothing created
+    # ... and through the CLI (predict, report, --resume): one error line, exit 2, still nothing created
+    from cifar_s12.__main__ import main
+
     image = tmp_path / "x.png"
     from PIL import Image
 
     Image.new("RGB", (32, 32)).save(image)
-    done = subprocess.run([sys.executable, "-m", "cifar_s12", "predict", "--checkpoint", str(path), str(image)],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
-    assert not marker.exists()
+    for args in (["predict", "--checkpoint", str(path), str(image)],
+                 ["report", "--checkpoint", str(path), "--out", str(tmp_path / "report")],
+                 ["train", "--trainer", "lightning", "--resume", str(path), "--out", str(tmp_path / "run")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "could run code" in err, (args, err)
+        assert not marker.exists()
