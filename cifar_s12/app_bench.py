@@ -26,7 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_app(url: str, process: subprocess.Popen | None = None, timeout: float = 180.0):
+def wait_for_app(url: str, process: subprocess.Popen | None = None, timeout: float = 300.0):
     """A gradio_client Client once the app answers (None never: a UserError if it does not within ``timeout``)."""
     from gradio_client import Client
 
@@ -43,7 +43,7 @@ def wait_for_app(url: str, process: subprocess.Popen | None = None, timeout: flo
 
 
 @contextmanager
-def running_app(command: list[str], env: dict | None = None, cwd: str | None = None, timeout: float = 180.0):
+def running_app(command: list[str], env: dict | None = None, cwd: str | None = None, timeout: float = 300.0):
     """Start ``command`` serving an app on a free port (it gets GRADIO_SERVER_PORT/NAME); yield (url, client)."""
     port = free_port()
     env = {**os.environ, **(env or {}), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),

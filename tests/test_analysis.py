@@ -161,3 +161,20 @@ def test_predict_probabilities_are_the_models_and_top_k_is_sorted(loaded, test_s
     for row, p in zip(best, probabilities):
         assert [q for _, q in row] == sorted((q for _, q in row), reverse=True)
         assert row[0] == (CLASSES[int(p.argmax())], pytest.approx(float(p.max())))
+
+
+@pytest.mark.parametrize("name", ["custom_resnet", "resnet18"])
+def test_cam_layer_choices_are_feature_maps_named_with_their_size(name):
+    from cifar_s12.analysis import cam_layer_choices, default_cam_layer
+    from cifar_s12.model import build_model
+
+    model = build_model(name)
+    choices = cam_layer_choices(model)
+    assert list(choices.values()) == list(type(model).cam_blocks)  # the model's menu, input side first
+    for label, layer in choices.items():
+        assert check_cam_layer(model, layer) == layer  # each outputs (N, C, H, W): GradCAM can use it
+    (default,) = [label for label in choices if label.endswith("(default)")]
+    assert choices[default] == default_cam_layer(model)
+    if name == "custom_resnet":
+        assert default == "layer 3: R2, second conv · 512 ch, 4x4 (default)"
+        assert "prep: conv · 64 ch, 32x32" in choices
