@@ -1,4 +1,4 @@
-"""Looking at a trained model: checkpoint loading, predictions on the test set, confusion, GradCAM, predict.
+"""Looking at a trained model: predictions on the test set, confusion, GradCAM, predicting image files.
 
 Read top to bottom (checkpoints.py loads the model): collect predictions in one pass -> confusion and per-class accuracy ->
 GradCAM maps -> predicting single image files. Figures of all of these are drawn by ``plots.py``.

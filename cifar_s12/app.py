@@ -8,6 +8,7 @@ once, the test-set mistakes come from a cache (mistakes.py), and every figure is
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import shutil
 import tempfile
@@ -44,9 +45,12 @@ def enlarge(image: np.ndarray, scale: int = SCALE) -> np.ndarray:
 
 def _number(value, kind, name: str):
     try:
-        return kind(value)
+        number = kind(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number, got {value!r}") from None
+        number = None
+    if number is None or not math.isfinite(number):
+        raise gr.Error(f"{name} must be a finite number, got {value!r}", print_exception=False)
+    return number
 
 
 class S12App:
@@ -93,7 +97,7 @@ class S12App:
             return self.layers[layer]
         if layer in self.layers.values():
             return layer
-        raise gr.Error(f"no GradCAM layer {layer!r}; choose one of: {'; '.join(self.layers)}")
+        raise gr.Error(f"no GradCAM layer {layer!r}; choose one of: {'; '.join(self.layers)}", print_exception=False)
 
     def _overlays(self, images: np.ndarray, targets, layer: str, opacity: float) -> np.ndarray:
         cams = gradcam(self.loaded.model, normalised(images), targets, layer)
@@ -107,14 +111,14 @@ class S12App:
             return None, None, None
         path, shown = (image.get("path"), image.get("orig_name")) if isinstance(image, dict) else (image, None)
         if not path:
-            raise gr.Error("no image received")
+            raise gr.Error("no image received", print_exception=False)
         shown = shown or Path(path).name
         layer_name = self.layer_name(layer or self.default_layer)
         k = min(max(int(_number(k, float, "k")), 1), MAX_TOP_K)  # out of range: clamped, not refused
         try:
             pixels, note = load_image(path)
         except UserError as err:  # the message names the server's temporary copy; the user knows the upload's name
-            raise gr.Error(str(err).replace(str(path), shown)) from None
+            raise gr.Error(str(err).replace(str(path), shown), print_exception=False) from None
         if note:
             gr.Info(note.replace(str(path), shown))
         with self.lock:
@@ -174,7 +178,7 @@ def build_app(app: S12App, keep_files: int = KEEP_FILES_SECONDS) -> gr.Blocks:
     """One Blocks layout; each control re-runs its tab's listener, which is also an API endpoint
     (``/classify``, ``/misclassified``) for gradio_client."""
     layers = list(app.layers)
-    png = PngFiles()
+    png = PngFiles(keep_seconds=min(60, keep_files))
 
     def classify(*args):
         seen, top, overlay = app.classify(*args)

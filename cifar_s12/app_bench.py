@@ -8,10 +8,12 @@ trip a user's browser makes: the upload, the queue, the model, GradCAM, and the 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -49,16 +51,24 @@ def running_app(command: list[str], env: dict | None = None, cwd: str | None = N
     env = {**os.environ, **(env or {}), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False"}
     url = f"http://127.0.0.1:{port}/"
-    process = subprocess.Popen([c.replace("{port}", str(port)) for c in command], env=env, cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        yield url, wait_for_app(url, process, timeout)
-    finally:
-        process.terminate()
+    # The server's log goes to a file (a pipe nobody reads would fill and stall it); its tail explains a failure.
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([c.replace("{port}", str(port)) for c in command], env=env, cwd=cwd,
+                                   stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            try:
+                client = wait_for_app(url, process, timeout)
+            except UserError as err:
+                log.seek(0)
+                tail = " | ".join(line.strip() for line in log.read().splitlines()[-3:])
+                raise UserError(f"{err}: {tail}") from None
+            yield url, client
+        finally:
+            process.send_signal(signal.SIGINT)  # Gradio's own shutdown: its cache of the run's files is cleared
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -120,6 +130,7 @@ def run_app_bench(checkpoint: str | None = None, clients: tuple[int, ...] = (1, 
         return [run_clients(server_url, n, requests) for n in clients]
 
     if url:
+        wait_for_app(url, timeout=10)  # an address with no app is one error line, not a traceback
         rows = measure(url)
     else:
         command = [sys.executable, "-m", "cifar_s12", "app", "--port", "{port}"]

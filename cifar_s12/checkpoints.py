@@ -174,8 +174,10 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         else:
             raise UserError(f"{path} is a torch file but not a cifar_s12 checkpoint (no model name and classes in it)")
         data_source = payload.get("data_source")
-    if not classes:
-        raise UserError(f"{path} does not name its classes (hyper_parameters['classes'])")
+    if not isinstance(name, str) or not isinstance(kwargs, dict) or not isinstance(config, dict):
+        raise UserError(f"{path}: its model name, arguments or recipe are not what cifar_s12 writes")
+    if not classes or not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{path} does not name its classes (a list of class names)")
     if len(classes) != NUM_CLASSES:
         raise UserError(f"{path} names {len(classes)} classes; the models here predict {NUM_CLASSES}")
     model = _build(name, kwargs, path)

@@ -21,6 +21,7 @@ from .errors import UserError
 from .utils import atomic_path
 
 MAX_MISTAKES = 50  # the gallery's largest choice
+FULL_TEST_SET = 10_000
 
 
 @dataclass
@@ -96,6 +97,7 @@ def cached_mistakes(loaded: LoadedModel, data_dir: str | os.PathLike | None = No
     except UserError as err:
         return None, f"no test set here to find the mistakes in ({err})"
     mistakes = compute_mistakes(loaded, data.test)
-    written = write_mistakes(mistakes, paths)
+    # Beside the weights (and so in a Space) only the whole test set's mistakes; a subset's go to data/cache/.
+    written = write_mistakes(mistakes, paths if mistakes.test_images == FULL_TEST_SET else paths[1:])
     return mistakes, f"computed on {mistakes.test_images:,} test images" + (f", cached in {written.name}" if written
                                                                              else " (could not be cached)")

@@ -19,8 +19,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # What the app imports, and no more (no Lightning, no Jupyter): the CPU wheels of torch, as Spaces' free tier has
 # no GPU. Gradio itself comes from the front matter's sdk_version.
 SPACE_REQUIREMENTS = """--extra-index-url https://download.pytorch.org/whl/cpu
-torch>=2.4
-torchvision>=0.19
+torch>=2.6
+torchvision>=0.21
 torchmetrics>=1.4
 albumentations>=2.0.5,<3
 grad-cam>=1.5.4
@@ -31,7 +31,7 @@ safetensors>=0.4
 tqdm>=4.66
 """
 # The Hub takes files over 10 MB through Git LFS only; the weights are 13 MB.
-GITATTRIBUTES = "*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.npz filter=lfs diff=lfs merge=lfs -text\n"
+GITATTRIBUTES = "".join(f"*.{ext} filter=lfs diff=lfs merge=lfs -text\n" for ext in ("safetensors", "npz", "png"))
 APP_PY = '''"""Hugging Face Space entry point, written by `python -m cifar_s12 space`: serves the shipped weights."""
 from cifar_s12.app import space_main
 
@@ -70,11 +70,16 @@ def write_space(out: str | Path, weights: str | Path = SHIPPED_WEIGHTS, data_dir
         raise UserError(f"--out {out} is not an empty folder: name a new one")
     if not weights.is_file():
         raise UserError(f"no weights at {weights}: export a run first (python -m cifar_s12 export --checkpoint ...)")
+    if weights.suffix != ".safetensors":
+        raise UserError(f"{weights}: a Space serves exported weights; make them with "
+                        f"python -m cifar_s12 export --checkpoint {weights} --out NAME.safetensors")
     loaded = load_checkpoint(weights)
     mistakes, note = cached_mistakes(loaded, data_dir)  # computed now if need be, so the Space needs no data set
     if mistakes is None:
         raise UserError(f"the Space needs the mistakes gallery's cache: {note}")
-    cache = next(p for p in cache_paths(weights) if p.is_file())
+    cache = next((p for p in cache_paths(weights) if p.is_file()), None)
+    if cache is None:
+        raise UserError(f"the mistakes of {weights} could not be cached ({note}); the Space needs that file")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copytree(PACKAGE_DIR, out / PACKAGE_DIR.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (out / "weights").mkdir()

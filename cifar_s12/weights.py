@@ -71,13 +71,15 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike = SHIPP
     cfg = TrainConfig.from_dict(loaded.config)
     save_safetensors(out, loaded.model, loaded.model_name, cfg.model_kwargs(), loaded.config, loaded.classes)
     shipped = load_checkpoint(out)
-    preds = predict_split(shipped, data.test)
+    runtime = shipped.runtime()
+    preds = predict_split(shipped, data.test, runtime)
     mistakes, tta = mistakes_of(preds), flip_tta_accuracy(shipped, data.test, preds)
     run_keys = ("trainer", "device", "command", "epochs_completed", "wall_seconds", "final_test_accuracy",
                 "final_test_accuracy_tta", "git_commit", "git_clean", "versions")
     card = {"weights": out.name, "sha256": file_sha256(out), "dtype": "float16", "model": loaded.model_name,
             "parameters": count_parameters(loaded.model), "classes": list(loaded.classes),
             "test_accuracy": mistakes.accuracy, "test_accuracy_tta": tta, "test_images": mistakes.test_images,
+            "measured_on": runtime.describe(),  # bf16 autocast and fp32 can differ in a prediction or two
             "recipe": cfg.recipe, "seed": cfg.seed, "epochs": cfg.epochs,
             "run": {key: metrics[key] for key in run_keys if metrics.get(key) is not None},
             "trained_at_commit": commit or metrics.get("git_commit"),

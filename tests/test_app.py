@@ -82,6 +82,11 @@ def test_classify_returns_what_the_model_sees_top_k_and_the_overlay(app, images)
 def test_k_out_of_range_is_clamped(app, images):
     assert len(app.classify(str(images["photo"]), 0, False, None, 0.5)[1]) == 1
     assert len(app.classify(str(images["photo"]), 11, False, None, 0.5)[1]) == MAX_TOP_K
+    for bad in (float("nan"), float("inf"), "three"):
+        with pytest.raises(gr.Error, match="k must be a finite number"):
+            app.classify(str(images["photo"]), bad, False, None, 0.5)
+    with pytest.raises(gr.Error, match="opacity must be a finite number"):
+        app.classify(str(images["photo"]), 3, True, None, float("nan"))
 
 
 def test_layer_and_opacity_change_the_overlay(app, images):
@@ -137,8 +142,12 @@ def test_the_gallery_is_the_most_confident_mistakes_captioned(app):
 
 
 def test_mistakes_are_cached_by_the_weights_hash_and_reused(app, weights, tiny_dir, monkeypatch):
-    caches = list(weights.parent.glob("model.mistakes-*.npz"))
-    assert len(caches) == 1
+    from cifar_s12.mistakes import cache_paths
+
+    beside, elsewhere = cache_paths(weights)
+    assert beside.name.startswith("model.mistakes-") and beside.name == elsewhere.name
+    assert not beside.exists() and elsewhere.is_file()  # a 20-image test set is not cached beside the weights
+    caches = [elsewhere]
     from cifar_s12 import mistakes
 
     monkeypatch.setattr(mistakes, "load_cifar10", lambda *a, **k: pytest.fail("read the data set again"))
@@ -169,7 +178,7 @@ def test_the_header_names_the_weights_and_how_they_were_made(app):
 def server(app, weights, tmp_path_factory):
     temp = tmp_path_factory.mktemp("gradio-files")
     command = [sys.executable, "-m", "cifar_s12", "app", "--checkpoint", str(weights), "--port", "{port}",
-               "--keep-files", "2"]  # the mistakes: from the cache the app fixture wrote
+               "--keep-files", "5"]  # the mistakes: from the cache the app fixture wrote
     with running_app(command, env={"GRADIO_TEMP_DIR": str(temp)}) as (url, client):
         yield url, client, temp
 
@@ -224,10 +233,10 @@ def test_uploads_do_not_pile_up(server, images):
     for kind in ("photo", "tiny", "cmyk"):
         client.predict(handle_file(str(images[kind])), 3, True, None, 0.5, api_name="/classify")
     assert len(files()) >= 3  # uploads and results were there ...
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 40
     while files() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not files(), files()  # ... and went after --keep-files 2 seconds
+    assert not files(), files()  # ... and went after --keep-files 5 seconds
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,6 +270,13 @@ def test_space_refuses_a_folder_with_files(tmp_path, weights):
     assert (tmp_path / "keep.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_space_refuses_weights_that_are_not_exported(checkpoint, tmp_path, capsys):
+    from cifar_s12.__main__ import main
+
+    assert main(["space", "--out", str(tmp_path / "s"), "--checkpoint", str(checkpoint)]) == 2
+    assert "a Space serves exported weights" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The shipped weights (skipped until a checkout has them)
 shipped = pytest.mark.skipif(not SHIPPED_WEIGHTS.is_file(), reason="no shipped weights in this checkout yet")
@@ -283,7 +299,11 @@ def test_report_on_the_shipped_weights_reproduces_the_card(real_data_dir, tmp_pa
     card = read_card(SHIPPED_WEIGHTS)
     assert card["test_images"] == 10_000 and card["test_accuracy"] >= 0.935
     assert main(["report", "--data-dir", str(real_data_dir), "--out", str(tmp_path)]) == 0
-    assert f"test accuracy {card['test_accuracy']:.4f} on 10,000 test images" in capsys.readouterr().out
+    measured = float(capsys.readouterr().out.split("test accuracy ")[1].split()[0])
+    if load_checkpoint(SHIPPED_WEIGHTS).runtime().describe() == card["measured_on"]:
+        assert measured == round(card["test_accuracy"], 4)  # the same arithmetic: the same figure
+    else:  # bf16 autocast against fp32 (another CPU) may flip a prediction or two
+        assert abs(measured - card["test_accuracy"]) <= 0.002
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ def test_export_writes_weights_card_and_cache_measured_on_the_exported_weights(e
     assert card["sha256"] == file_sha256(out) and card["dtype"] == "float16" and card["classes"] == list(CLASSES)
     assert card["recipe"] == "best" and card["seed"] == 1 and card["epochs"] == 2
     assert card["trained_at_commit"] == "abc1234" and card["parameters"] == 6_573_120
+    assert card["measured_on"] == load_checkpoint(out).runtime().describe()
     test = load_cifar10(tiny_dir, download=False).test
     shipped = load_checkpoint(out)
     assert card["test_accuracy"] == pytest.approx(predict_split(shipped, test).accuracy, abs=0)
