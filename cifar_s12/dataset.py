@@ -50,6 +50,14 @@ class CifarData:
     classes: tuple[str, ...] = CLASSES
 
 
+def described_data_dir(data_dir: str | os.PathLike | None = None) -> str:
+    """Where the data is, as the user gave it, for logs and metrics.json: the argument as written, else the
+    variable's name ``$CIFAR_S12_DATA``, else ``data/``; never this machine's absolute path."""
+    if data_dir:
+        return str(data_dir)
+    return f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "data/"
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The argument, else $CIFAR_S12_DATA, else the repo's data/ folder."""
     chosen = data_dir or os.environ.get(ENV_VAR) or DEFAULT_DATA_DIR
@@ -59,18 +67,18 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = True,
                  cache_dir: str | os.PathLike | None = None) -> CifarData:
     """Load both splits from ``data_dir`` (see the module docstring for the order of sources)."""
-    root = resolve_data_dir(data_dir)
+    root, described = resolve_data_dir(data_dir), described_data_dir(data_dir)
     splits = [name for name in ("train", "test") if (root / name).is_dir()]
     if len(splits) == 2:
-        return _load_image_folder(root, Path(cache_dir) if cache_dir else DEFAULT_DATA_DIR / "cache")
+        return _load_image_folder(root, Path(cache_dir) if cache_dir else DEFAULT_DATA_DIR / "cache", described)
     if splits:  # half an image-folder tree: say so, rather than download CIFAR-10 beside it
         missing = ({"train", "test"} - set(splits)).pop()
         raise UserError(f"{root} has {splits[0]}/ but no {missing}/: an image-folder tree needs both "
                         f"train/<class>/*.png and test/<class>/*.png")
-    return _load_torchvision(root, download)
+    return _load_torchvision(root, download, described)
 
 
-def _load_torchvision(root: Path, download: bool) -> CifarData:
+def _load_torchvision(root: Path, download: bool, described: str) -> CifarData:
     from torchvision.datasets import CIFAR10
 
     if root.exists() and not root.is_dir():
@@ -88,10 +96,10 @@ def _load_torchvision(root: Path, download: bool) -> CifarData:
             f"--data-dir), or point --data-dir / ${ENV_VAR} at an image-folder tree with train/<class>/*.png and "
             f"test/<class>/*.png.") from None
     train, test = (Split(np.asarray(s.data, dtype=np.uint8), np.asarray(s.targets, dtype=np.int64)) for s in splits)
-    return CifarData(train, test, source=f"torchvision:{root}", classes=tuple(splits[0].classes))
+    return CifarData(train, test, source=f"torchvision:{described}", classes=tuple(splits[0].classes))
 
 
-def _load_image_folder(root: Path, cache_dir: Path) -> CifarData:
+def _load_image_folder(root: Path, cache_dir: Path, described: str) -> CifarData:
     from torchvision.datasets import ImageFolder
 
     try:
@@ -104,7 +112,7 @@ def _load_image_folder(root: Path, cache_dir: Path) -> CifarData:
     # One cache per folder (the name's first hash), replaced when the folder's files change (the second).
     folder_key = hashlib.sha1(str(root).encode()).hexdigest()[:8]
     cache = cache_dir / f"cifar10-imagefolder-{folder_key}-{_cache_key(folders)}.npz"
-    source = f"image-folder:{root}"
+    source = f"image-folder:{described}"
     cached = _read_cache(cache)
     if cached is not None:
         return CifarData(*cached, source=source)

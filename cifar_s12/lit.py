@@ -316,6 +316,24 @@ def resume_config(hparams: dict, cfg: TrainConfig) -> TrainConfig:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Lightning's LR range test (lr_find.range_test runs it for --lr-finder lightning)
+@contextmanager
+def _tuner_checkpoint_notes_hidden():
+    """Hide Lightning's "Restoring states from the checkpoint path at /tmp/..." and "Restored all states ..." while
+    the Tuner restores its own temporary checkpoint: nothing a student can act on, and a machine's path."""
+    import logging
+
+    class Hide(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.msg).startswith(("Restoring states from the checkpoint path", "Restored all states"))
+
+    logger, hide = logging.getLogger("pytorch_lightning.utilities.rank_zero"), Hide()
+    logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hide)
+
+
 def lightning_lr_find(cfg: TrainConfig, model: nn.Module, loaders, accelerator: str = "auto",
                       start_lr: float = 1e-5, end_lr: float = 10.0, num_iter: int = 100) -> LRFindResult:
     """``Tuner.lr_find`` on one device over ``loaders`` (train, test); ``model``'s weights are restored afterwards."""
@@ -327,7 +345,7 @@ def lightning_lr_find(cfg: TrainConfig, model: nn.Module, loaders, accelerator: 
                              precision=lightning_precision(accelerator_device(accelerator), cfg.precision),
                              logger=False, enable_checkpointing=False, enable_model_summary=False,
                              num_sanity_val_steps=0, default_root_dir=tmp)
-        with ctrl_c_raises(trainer):
+        with ctrl_c_raises(trainer), _tuner_checkpoint_notes_hidden():
             finder = Tuner(trainer).lr_find(module, train_dataloaders=loaders[0], val_dataloaders=loaders[1],
                                             min_lr=start_lr, max_lr=end_lr, num_training=num_iter, update_attr=False)
     lrs, losses = [float(v) for v in finder.results["lr"]], [float(v) for v in finder.results["loss"]]

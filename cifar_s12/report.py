@@ -106,11 +106,13 @@ def write_confusion(preds: Predictions, out: Path) -> list[str]:
 
 
 def recorded_data_dir(loaded: LoadedModel) -> str | None:
-    """Where the run found CIFAR-10, if that folder is still here: the resolved location recorded in ``model.pt``
+    """Where the run found CIFAR-10, if that folder is still here: the location recorded (as given) in ``model.pt``
     or in the run's metrics.json (``data_source``), else the recipe's ``data_dir`` (None: $CIFAR_S12_DATA or data/)."""
     metrics = read_run_metrics(run_metrics_path(loaded.path)) or {}
     sources = [loaded.data_source, metrics.get("data_source")]
-    candidates = [str(source).partition(":")[2] for source in sources if source] + [loaded.config.get("data_dir")]
+    # A source is recorded as the user gave it: a path (relative to where the run started) or "$CIFAR_S12_DATA".
+    candidates = [os.path.expandvars(str(source).partition(":")[2]) for source in sources if source]
+    candidates.append(loaded.config.get("data_dir"))
     return next((str(c) for c in candidates if c and Path(c).is_dir()), None)
 
 

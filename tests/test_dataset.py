@@ -151,3 +151,11 @@ def test_each_loader_worker_has_its_own_seeded_augmentations():
     assert all(torch.equal(a, b) for a, b in zip(first, again))  # reproducible with workers, not only without
     assert not torch.equal(first[0], first[1])  # the two workers do not repeat each other's crops and cutouts
     assert not torch.equal(first[0], other[0])  # and another seed gives other augmentations
+
+
+def test_the_data_source_is_recorded_as_given(tiny_dir, monkeypatch):
+    from cifar_s12.dataset import ENV_VAR, load_cifar10
+
+    monkeypatch.setenv(ENV_VAR, str(tiny_dir))
+    assert load_cifar10(download=False).source == f"image-folder:${ENV_VAR}"
+    assert load_cifar10(str(tiny_dir), download=False).source == f"image-folder:{tiny_dir}"  # the argument as given

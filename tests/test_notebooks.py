@@ -68,3 +68,18 @@ def test_after_a_restart_the_cells_after_training_need_only_the_data_cells(noteb
         assert missing == [], (f"{notebook.name}, code cell {i}: uses {missing}, which the cells down to the data "
                                "do not set: after a restart it would need the training cell (or another) again")
         available |= bound_names(tree)
+
+
+def test_no_path_of_the_machine_that_ran_them_is_committed():
+    """Outputs, results and docs record a data location as the user gave it (relative, or $CIFAR_S12_DATA)."""
+    import re
+
+    from cifar_s12.dataset import REPO_DIR
+
+    machine_path = re.compile(r"(?<![\w.~])/(work|root|tmp|home)/")
+    files = [REPO_DIR / "README.md", *(REPO_DIR / "docs").glob("*.md"), *(REPO_DIR / "notebooks").glob("*.ipynb"),
+             *(REPO_DIR / "results").rglob("*.json"), *(REPO_DIR / "weights").glob("*.json")]
+    found = [f"{path.relative_to(REPO_DIR)}:{n}" for path in files
+             for n, line in enumerate(path.read_text().splitlines(), 1) if machine_path.search(line)]
+    assert not found, found
+

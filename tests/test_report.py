@@ -111,7 +111,7 @@ def test_report_reads_the_data_from_where_the_run_found_it(checkpoint, tiny_dir,
     loaded = load_checkpoint(checkpoint)
     loaded.config["data_dir"] = "relative/elsewhere"
     assert recorded_data_dir(loaded) is None  # the fixture's metrics.json records no data source
-    loaded.data_source = f"image-folder:{tiny_dir}"  # model.pt records the resolved location
+    loaded.data_source = f"image-folder:{tiny_dir}"  # model.pt records the location as it was given
     assert recorded_data_dir(loaded) == str(tiny_dir)
     # A Lightning .ckpt records none: the run's metrics.json, one folder up, does.
     run = tmp_path / "run"
