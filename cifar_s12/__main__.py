@@ -293,8 +293,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     from .weights import checkpoint_or_shipped
 
     _check_out_dir(args.out)
-    for line in write_report(checkpoint_or_shipped(args.checkpoint), args.out, data_dir=args.data_dir, test_images=args.test_subset,
-                             layer=args.layer, opacity=args.opacity, n=args.n, download=args.download):
+    for line in write_report(checkpoint_or_shipped(args.checkpoint), args.out, data_dir=args.data_dir,
+                             test_images=args.test_subset, layer=args.layer, opacity=args.opacity, n=args.n,
+                             download=args.download):
         print(line)
 
 

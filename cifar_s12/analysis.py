@@ -1,7 +1,7 @@
 """Looking at a trained model: predictions on the test set, confusion, GradCAM, predicting image files.
 
-Read top to bottom (checkpoints.py loads the model): collect predictions in one pass -> confusion and per-class accuracy ->
-GradCAM maps -> predicting single image files. Figures of all of these are drawn by ``plots.py``.
+Read top to bottom (checkpoints.py loads the model): collect predictions in one pass -> confusion and per-class
+accuracy -> GradCAM maps -> predicting single image files. Figures of all of these are drawn by ``plots.py``.
 """
 from __future__ import annotations
 
@@ -137,21 +137,33 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> nn.Module:
     return model.get_submodule(name)
 
 
-def check_cam_layer(model: nn.Module, name: str | None = None) -> str:
-    """``name`` (default: ``default_cam_layer``) if GradCAM can use it, else a UserError: GradCAM weighs the
-    channels of a feature map, so the layer must output (N, C, H, W). One forward pass of a blank image tells."""
-    name = name or default_cam_layer(model)
-    layer = resolve_layer(model, name)
-    shapes = []
-    handle = layer.register_forward_hook(lambda module, args, output: shapes.append(getattr(output, "shape", None)))
+def output_shapes(model: nn.Module, names) -> dict[str, tuple | None]:
+    """What each named layer outputs for one blank 32x32 image: its shape, or None (not a tensor, or not run)."""
+    shapes: dict[str, tuple | None] = {}
+
+    def record(name):
+        def hook(module, args, output):  # a hook that returns something would replace the output
+            shapes[name] = tuple(output.shape) if hasattr(output, "shape") else None
+        return hook
+
+    handles = [resolve_layer(model, name).register_forward_hook(record(name)) for name in names]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
     finally:
-        handle.remove()
-    if not shapes or shapes[0] is None or len(shapes[0]) != 4:
+        for handle in handles:
+            handle.remove()
+    return {name: shapes.get(name) for name in names}
+
+
+def check_cam_layer(model: nn.Module, name: str | None = None) -> str:
+    """``name`` (default: ``default_cam_layer``) if GradCAM can use it, else a UserError: GradCAM weighs the
+    channels of a feature map, so the layer must output (N, C, H, W). One forward pass of a blank image tells."""
+    name = name or default_cam_layer(model)
+    shape = output_shapes(model, [name])[name]
+    if shape is None or len(shape) != 4:
         raise UserError(f"GradCAM needs a layer that outputs a feature map (N, C, H, W); {name!r} outputs "
-                        f"{tuple(shapes[0]) if shapes and shapes[0] is not None else 'no tensor'}: choose a "
+                        f"{shape if shape is not None else 'no tensor'}: choose a "
                         f"convolutional block such as {default_cam_layer(model)}")
     return name
 
@@ -161,19 +173,7 @@ def cam_layer_choices(model: nn.Module) -> dict[str, str]:
     ``cam_blocks`` (else its default layer alone), each labelled with the feature map it outputs, e.g.
     "layer 3: R2, second conv · 512 ch, 4x4 (default)". One forward pass of a blank image measures them."""
     names = dict(getattr(type(model), "cam_blocks", None) or {default_cam_layer(model): default_cam_layer(model)})
-    shapes: dict[str, tuple] = {}
-    def record(name):
-        def hook(module, args, output):  # a hook that returns something would replace the output
-            shapes[name] = tuple(output.shape)
-        return hook
-
-    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in names]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    shapes = output_shapes(model, names)
     default = default_cam_layer(model)
     return {f"{label} · {shapes[name][1]} ch, {shapes[name][2]}x{shapes[name][3]}"
             f"{' (default)' if name == default else ''}": name for name, label in names.items()}

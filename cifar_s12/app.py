@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .analysis import (cam_layer_choices, default_cam_layer, gradcam, load_image, normalised,  # noqa: E402
-                       predict_probabilities)
+                       predict_probabilities, top_k)
 from .checkpoints import load_checkpoint  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .mistakes import MAX_MISTAKES, cached_mistakes  # noqa: E402
@@ -126,9 +126,7 @@ class S12App:
             overlay = None
             if show_cam:
                 overlay = enlarge(self._overlays(pixels[None], [int(probs.argmax())], layer_name, opacity)[0])
-        values, indices = probs.topk(k)
-        label = {self.loaded.classes[int(i)]: float(p) for p, i in zip(values, indices)}
-        return enlarge(pixels), label, overlay
+        return enlarge(pixels), dict(top_k(probs[None], self.loaded.classes, k)[0]), overlay
 
     def misclassified(self, n=10, show_cam=False, layer=None, opacity=0.5):
         """The ``n`` most confident mistakes as (image, "true -> predicted (p)") pairs, GradCAM of the predicted
