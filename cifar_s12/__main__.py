@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .app_bench import CLIENTS
 from .config import RECIPES, TrainConfig, make_config
 from .errors import UserError
 from .model import MODELS
@@ -343,9 +344,10 @@ def cmd_app_bench(args: argparse.Namespace) -> None:
 
     if args.json:
         _check_out_file(args.json, "--json")
-    result = run_app_bench(args.checkpoint, clients=tuple(args.clients), requests=args.requests, url=args.url)
+    result = run_app_bench(args.checkpoint, clients=tuple(args.clients), requests=args.requests, url=args.url,
+                           via=tuple(args.via))
     for row in result["runs"]:
-        print(f"{row['clients']} client{'s' if row['clients'] > 1 else ' '}: {row['requests']} requests, "
+        print(f"{row['via']:>13}, {row['clients']} client{'s' if row['clients'] > 1 else ' '}: {row['requests']} requests, "
               f"p50 {row['p50_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms, max {row['max_ms']:.0f} ms, "
               f"{row['requests_per_second']:.1f} requests/s" + (f", {row['errors']} errors" if row["errors"] else ""))
     if args.json:
@@ -454,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=_positive_int, nargs="+", default=[1, 8],
                    help="concurrent client counts to measure (default: 1 8)")
     p.add_argument("--requests", type=_positive_int, default=200, help="requests per client (default: 200)")
+    p.add_argument("--via", nargs="+", choices=CLIENTS, default=["http"],
+                   help="the client: Gradio's REST API over plain HTTP, as a browser (default), and/or gradio_client")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_app_bench)
     return parser

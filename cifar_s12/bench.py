@@ -6,7 +6,6 @@ Timings are never asserted in tests; ``python -m cifar_s12 bench`` prints them.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import torch
@@ -18,6 +17,7 @@ from .errors import UserError
 from .runtime import Runtime
 from .train import train_step
 from .transform import train_transform
+from .utils import cpu_name
 
 
 def _sync(device: torch.device) -> None:
@@ -112,7 +112,7 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
     workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers()
     result = {
         "device": str(fast.device),
-        "device_name": torch.cuda.get_device_name() if fast.device.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name() if fast.device.type == "cuda" else cpu_name(),
         "model": cfg.model, "batch_size": batch_size, "steps": steps, "warmup_steps": warmup,
         "fast_path": f"autocast {fast.describe()} + channels_last" if fast.dtype else "fp32 (no autocast here)",
         "torch_threads": torch.get_num_threads(),
@@ -141,13 +141,3 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
     result["loader_vs_model"] = result["loader_images_per_second"] / result["train_images_per_second"]
     return result
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"cpu ({os.cpu_count()} cores)"

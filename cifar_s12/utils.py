@@ -59,6 +59,18 @@ def provenance() -> dict:
             "versions": {name: version(name) for name in ("torch", "pytorch-lightning", "albumentations")}}
 
 
+def cpu_name() -> str:
+    """The CPU's model name and core count (Linux's /proc/cpuinfo), for figures that depend on the machine."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
 def seed_everything(seed: int) -> None:
     """Python, NumPy and torch (all devices). Loader workers derive their seeds from torch's."""
     random.seed(seed)

@@ -1,5 +1,6 @@
 """The app: its listeners called directly (bad input, clamping, layers), then a real server on 127.0.0.1 driven
 through gradio_client, the Space folder started with `python app.py`, and once in headless Chromium."""
+import json
 import os
 import shutil
 import sys
@@ -219,6 +220,46 @@ def test_concurrent_clients_sending_the_same_images_all_get_whole_answers(server
     figures = run_clients(url, clients=4, requests=5)  # 4 clients cycling through the same 10 examples
     assert figures["errors"] == 0, figures["first_error"]
     assert figures["requests"] == 20 and figures["p50_ms"] <= figures["p95_ms"] <= figures["max_ms"]
+
+
+def test_gradio_client_is_the_benchmarks_other_client(server):
+    from cifar_s12.app_bench import run_clients
+
+    url, _, _ = server
+    figures = run_clients(url, clients=1, requests=2, via="gradio_client")
+    assert (figures["via"], figures["requests"], figures["errors"]) == ("gradio_client", 2, 0), figures["first_error"]
+
+
+def _fake_app(download: bytes, event: str = "complete"):
+    """A stand-in for the app's REST API (httpx.MockTransport): the answer's event and the result images' bytes."""
+    import httpx
+
+    def answer(request):
+        path = request.url.path
+        if path.endswith("/upload"):
+            return httpx.Response(200, json=["/cache/upload.png"])
+        if path.endswith("/call/classify"):
+            return httpx.Response(200, json={"event_id": "e1"})
+        if path.endswith("/call/classify/e1"):
+            image = {"url": "http://app/gradio_api/file=/cache/out.png"}
+            return httpx.Response(200, text=f'event: {event}\ndata: [{json.dumps(image)}, {{}}, {json.dumps(image)}]\n\n')
+        return httpx.Response(200, content=download)
+    return httpx.Client(transport=httpx.MockTransport(answer))
+
+
+def test_the_benchmarks_http_client_counts_cut_images_and_error_events_as_failures(tmp_path):
+    from cifar_s12.app_bench import PNG_END, PNG_START, classify_over_http
+
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (32, 32)).save(image)
+    whole = image.read_bytes()
+    assert whole.startswith(PNG_START) and whole.endswith(PNG_END)
+    assert len(classify_over_http(_fake_app(whole), "http://app/", image)) == 3
+    for cut in (b"", whole[:-5]):  # what Gradio's in-place rewrite served to a concurrent download
+        with pytest.raises(RuntimeError, match="cut short"):
+            classify_over_http(_fake_app(cut), "http://app/", image)
+    with pytest.raises(RuntimeError, match="answered 'error'"):
+        classify_over_http(_fake_app(whole, event="error"), "http://app/", image)
 
 
 def test_uploads_do_not_pile_up(server, images):
