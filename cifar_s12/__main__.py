@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .app_bench import CLIENTS
-from .config import RECIPES, TrainConfig, make_config
+from .config import RECIPES, TrainConfig, apply_settings, make_config
 from .errors import UserError
 from .model import MODELS
 from .runtime import PRECISIONS
@@ -84,18 +84,21 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
                         "Ampere+ GPUs), fp16 on older GPUs, else fp32; fp32 turns it off")
     p.add_argument("--workers", type=_non_negative_int, dest="num_workers",
                    help="DataLoader workers (default: CPU count, max 8)")
+    p.add_argument("--set", dest="settings", action="append", metavar="FIELD=VALUE",
+                   help="any other recipe field, e.g. --set ema_decay=null --set augment.flip=random (repeatable)")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe"}
     cfg = make_config(args.recipe, **{k: v for k, v in vars(args).items() if k in fields})
+    cfg = apply_settings(cfg, getattr(args, "settings", None) or [])
     if getattr(args, "find_lr", False):
         cfg = dataclasses.replace(cfg, max_lr=None)
     return cfg
 
 
 LIGHTNING_FLAGS = {"devices": "--devices", "accelerator": "--accelerator", "strategy": "--strategy",
-                   "resume": "--resume", "fast_dev_run": "--fast-dev-run", "stop_after": "--stop-after"}
+                   "fast_dev_run": "--fast-dev-run"}
 
 
 def _check_trainer_flags(args: argparse.Namespace) -> None:
@@ -111,7 +114,7 @@ def _check_trainer_flags(args: argparse.Namespace) -> None:
         recipe_flags = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
                         if f.name not in kept and getattr(args, f.name, None) not in (None, False)]
         recipe_flags += [flag for flag, on in (("--max-lr", args.max_lr), ("--find-lr", args.find_lr),
-                                               ("--lr-finder", args.lr_finder)) if on]
+                                               ("--lr-finder", args.lr_finder), ("--set", args.settings)) if on]
         if recipe_flags or args.recipe != "best":
             raise UserError(f"--resume continues the checkpoint's recipe; drop {', '.join(recipe_flags) or '--recipe'}")
     elif args.lr_finder and _config(args).max_lr is not None:  # the course recipe runs a range test by itself
@@ -141,39 +144,38 @@ def _check_out_file(path: str, flag: str) -> Path:
     return out
 
 
-# What a run leaves in --out: the files that show a run is there, and everything --overwrite removes first (only
-# these, so a user's own files in the folder stay).
-TRAIN_RUN = (("metrics.json", "model.pt"), ("metrics.json", "model.pt", "curves.png", "lr_finder.png", "checkpoints",
-                                            "tensorboard", "csv"))
-COMPARE_RUN = (("compare.json", "torch/metrics.json", "lightning/metrics.json"), ("compare.json", "torch", "lightning"))
-
-
-def _make_room_for_new_run(out: Path, run_files: tuple[tuple[str, ...], tuple[str, ...]], overwrite: bool) -> None:
+def _make_room_for_new_run(out: Path, overwrite: bool, compare: bool = False) -> None:
     """An --out that already holds a run is refused: a new run would replace its model and metrics after the first
-    epoch, and mix its checkpoints and logs with the new ones. With --overwrite the old run's files go first."""
-    markers, everything = run_files
-    found = [name for name in markers if (out / name).exists()]
+    epoch, and mix its checkpoints and logs with the new ones. With --overwrite the old run's files go first (only
+    those run_folder.py names, so a user's own files in the folder stay)."""
+    from .run_folder import CompareFolder, RunFolder
+
+    found = CompareFolder(out).written() if compare else RunFolder(out).written()
     if found and not overwrite:
-        raise UserError(f"--out {out} already holds a run ({', '.join(found)}): choose another folder, or pass "
-                        f"--overwrite to replace it")
+        raise UserError(f"--out {out} already holds a run ({', '.join(p.name for p in found)}): choose another "
+                        f"folder, or pass --overwrite to replace it")
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     if found:
-        for name in everything:
-            path = out / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
         print(f"--overwrite: removed the earlier run's files from {out}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .run_folder import RunFolder, resume_file
+
     _check_trainer_flags(args)
     cfg = _config(args)
-    out = _check_out_dir(args.out)
-    # A fast dev run writes nothing; a resumed run continues the run in its own folder (OUT/checkpoints/last.ckpt).
-    resumes_here = args.resume and Path(args.resume).resolve().parent.parent == out.resolve()
+    if args.out is None and not args.resume:
+        raise UserError("--out is required: name a folder for the run (or --resume DIR to continue one)")
+    resumed = RunFolder.of_checkpoint(resume_file(args.resume, args.trainer)) if args.resume else None
+    out = _check_out_dir(args.out if args.out is not None else str(resumed.root))
+    # A fast dev run writes nothing; a resumed run continues in its own folder (or starts a new one elsewhere).
+    resumes_here = resumed is not None and resumed.root.resolve() == out.resolve()
     if not (args.fast_dev_run or resumes_here):
-        _make_room_for_new_run(out, TRAIN_RUN, args.overwrite)
+        _make_room_for_new_run(out, args.overwrite)
     if args.trainer == "lightning":
         from .lit import fit_lightning
 
@@ -183,18 +185,25 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         from .train import fit
 
-        result = fit(cfg, out_dir=out)
+        result = fit(cfg, out_dir=out, resume=args.resume, stop_after=args.stop_after)
     if not result.is_global_zero:  # under DDP every process returns here; one reports
         return
     if args.fast_dev_run:
         print(f"fast dev run: one training and one test batch ran; nothing written to {out}")
     else:
-        print(f"final test accuracy {result.metrics['final_test_accuracy']:.4f} in "
-              f"{result.metrics['wall_seconds']:.0f} s; wrote {out}/metrics.json, model.pt, curves.png")
+        m, folder = result.metrics, RunFolder(out)
+        epochs = m["config"]["epochs"]  # the run's, which a resumed run took from its checkpoint
+        if m["epochs_completed"] == epochs:
+            done = f"final test accuracy {m['final_test_accuracy']:.4f}"
+        else:
+            done = (f"stopped after epoch {m['epochs_completed']} of {epochs} (test accuracy "
+                    f"{m['final_test_accuracy']:.4f}; continue with --resume {out})")
+        print(f"{done} in {m['wall_seconds']:.0f} s; wrote {folder.metrics}, {folder.model}, {folder.curves}")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from .lr_find import LR_FINDERS, range_tests
+    from .compare import range_tests
+    from .lr_find import LR_FINDERS
     from .plots import figure_format, figure_formats, plot_lr_finder, plot_lr_finders, save_figure
 
     _check_out_file(args.plot, "--plot")
@@ -218,9 +227,10 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare_trainers
+    from .run_folder import CompareFolder
 
     out = _check_out_dir(args.out)
-    _make_room_for_new_run(out, COMPARE_RUN, args.overwrite)
+    _make_room_for_new_run(out, args.overwrite, compare=True)
     s = compare_trainers(_config(args), out)
     for name in ("torch", "lightning"):
         by_epoch = ", ".join(f"{v:.0f}" for v in s[name]["images_per_second_by_epoch"])
@@ -229,7 +239,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
               f"{s[name]['wall_seconds']:.0f} s wall, {s[name]['cpu_seconds']:.0f} s CPU")
     print(f"lightning / torch throughput: {s['throughput_ratio']:.3f}; accuracy difference "
           f"{100 * s['accuracy_difference']:+.2f} points; epoch losses differ by at most "
-          f"{s['max_relative_loss_difference']:.1e} (relative) (wrote {args.out}/compare.json)")
+          f"{s['max_relative_loss_difference']:.1e} (relative) (wrote {CompareFolder(out).summary})")
 
 
 def _devices(text: str) -> int | str:
@@ -248,9 +258,6 @@ def _add_lightning_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", type=_devices, help="devices (processes) to train on: N, 'auto' (default: 1)")
     g.add_argument("--accelerator", choices=["cpu", "gpu", "cuda", "mps", "auto"], help="default: auto")
     g.add_argument("--strategy", help="e.g. ddp for several devices (default: auto)")
-    g.add_argument("--resume", metavar="CKPT", help="continue a run from its OUT/checkpoints/last.ckpt")
-    g.add_argument("--stop-after", type=_positive_int, metavar="N",
-                   help="stop after N epochs, keeping the schedule of --epochs (finish later with --resume)")
     g.add_argument("--fast-dev-run", action="store_true", help="one training and one validation batch, no logs")
 
 
@@ -364,10 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--max-lr", type=_positive_float, help="OneCycle peak LR (default: the recipe's)")
     lr.add_argument("--find-lr", action="store_true", help="choose the peak LR with an LR range test first")
     p.add_argument("--tta", action="store_true", default=None, help="also report flip-TTA test accuracy")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", help="output folder (required, except with --resume: then the resumed run's)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused otherwise)")
     p.add_argument("--trainer", choices=["torch", "lightning"], default="torch",
                    help="plain PyTorch loop (default) or PyTorch Lightning; same recipe and outputs")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the run in DIR (either trainer) exactly where its last finished epoch left it")
+    p.add_argument("--stop-after", type=_positive_int, metavar="N",
+                   help="stop once epoch N is done, keeping the schedule of --epochs (continue with --resume)")
     _add_lightning_flags(p)
     p.set_defaults(func=cmd_train)
 

@@ -7,16 +7,16 @@ Timings are never asserted in tests; ``python -m cifar_s12 bench`` prints them.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 
-from .builders import build_criterion, build_model_for, build_optimizer
+from .builders import build_criterion, build_loaders, build_model_for, build_optimizer
 from .config import TrainConfig
-from .dataset import CifarData, CifarDataset, default_num_workers, load_cifar10, make_loader
+from .dataset import CifarData, default_num_workers, load_cifar10
 from .errors import UserError
 from .runtime import Runtime
 from .train import train_step
-from .transform import train_transform
 from .utils import cpu_name
 
 
@@ -86,8 +86,7 @@ def training_flops_per_image(cfg: TrainConfig) -> float:
 
 def loader_throughput(cfg: TrainConfig, data: CifarData, batch_size: int, batches: int, num_workers: int) -> float:
     """Images/s the training DataLoader delivers with the training augmentations, all workers busy."""
-    loader = make_loader(CifarDataset(data.train, train_transform(cfg.augment, seed=0)), batch_size, train=True,
-                         num_workers=num_workers, seed=0)
+    loader = build_loaders(replace(cfg, batch_size=batch_size, num_workers=num_workers), data)[0]
     iterator = iter(loader)
     next(iterator)  # start-up (worker spawn) is paid once per run, not per epoch: leave it out
     start, seen = time.perf_counter(), 0

@@ -15,23 +15,64 @@ from .model import build_model
 from .transform import test_transform, train_transform
 
 
+def parameter_groups(model: nn.Module, cfg: TrainConfig, lr: float):
+    """What the optimizer trains: all parameters in one group (best, course), or, with ``bn_bias_lr_scale`` or
+    ``bn_weight_frozen``, the BatchNorm biases in a group of their own (LR x scale, weight decay / scale, so their
+    product is unchanged) and the BatchNorm scales frozen at 1 (left out, and no gradient computed for them)."""
+    if cfg.bn_bias_lr_scale == 1.0 and not cfg.bn_weight_frozen:
+        return model.parameters()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    biases, scales = [m.bias for m in norms], [m.weight for m in norms]
+    special = {id(p) for p in biases + scales}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in special], "lr_scale": 1.0},
+              {"params": biases, "lr": lr * cfg.bn_bias_lr_scale, "lr_scale": cfg.bn_bias_lr_scale,
+               "weight_decay": cfg.weight_decay / cfg.bn_bias_lr_scale}]
+    if cfg.bn_weight_frozen:
+        for p in scales:
+            p.requires_grad_(False)
+    else:
+        groups.append({"params": scales, "lr_scale": 1.0})
+    return groups
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
     lr = lr if lr is not None else (cfg.max_lr or 1e-3)
+    params = parameter_groups(model, cfg, lr)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=True,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
     raise UserError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adam")
+
+
+def build_ema(model: nn.Module, cfg: TrainConfig):
+    """The recipe's moving average of ``model`` (torch's AveragedModel, BatchNorm statistics averaged too), or
+    None. The trainers call ``update_parameters(model)`` after every optimizer step and evaluate and save its
+    ``module``: late in a short run it averages out the last steps' noise."""
+    if cfg.ema_decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_lr: float,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.OneCycleLR:
     """OneCycle stepped every batch: linear up to ``max_lr`` at ``pct_start`` (epoch 5 of 24), linear down."""
+    peaks = [max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]  # one per parameter group
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start,
+        optimizer, max_lr=peaks if len(peaks) > 1 else max_lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+        pct_start=cfg.pct_start,
         anneal_strategy="linear", three_phase=False, div_factor=cfg.div_factor,
         final_div_factor=cfg.final_div_factor, cycle_momentum=False)  # constant momentum, as in Page's recipe
+
+
+def step_schedule(scheduler) -> None:
+    """Step the LR schedule after a batch, except after the run's last one: OneCycle stepped past its plan would
+    leave an LR below 0 (its linear annealing continues) in the optimizer and in the checkpoint."""
+    one_cycle = isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+    if not one_cycle or scheduler.last_epoch + 1 < scheduler.total_steps:
+        scheduler.step()
 
 
 def planned_lrs(cfg: TrainConfig, max_lr: float, steps_per_epoch: int) -> list[float]:
@@ -52,10 +93,17 @@ def build_criterion(cfg: TrainConfig) -> nn.Module:
 
 
 def build_model_for(cfg: TrainConfig) -> nn.Module:
+    """The recipe's network, initialised as the recipe says (``dirac_init``: each convolution's first
+    in-channels filters start as the identity, so a deep block first passes its input on, as in airbench)."""
     try:
-        return build_model(cfg.model, **cfg.model_kwargs())
+        model = build_model(cfg.model, **cfg.model_kwargs())
     except (ValueError, TypeError) as err:
         raise UserError(f"cannot build model {cfg.model!r}: {err}") from None
+    if cfg.dirac_init:
+        with torch.no_grad():
+            for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
+                nn.init.dirac_(conv.weight[:min(conv.in_channels, conv.out_channels)])
+    return model
 
 
 def load_data(cfg: TrainConfig, data: CifarData | None = None) -> CifarData:
@@ -65,9 +113,13 @@ def load_data(cfg: TrainConfig, data: CifarData | None = None) -> CifarData:
     return subset(data, cfg.subset, cfg.test_subset, seed=0)
 
 
-def build_loaders(cfg: TrainConfig, data: CifarData):
-    """Training loader (shuffled, the recipe's augmentations seeded by ``cfg.seed``) and test loader."""
-    train_ds = CifarDataset(data.train, train_transform(cfg.augment, seed=cfg.seed))
+def build_loaders(cfg: TrainConfig, data: CifarData, rank: int = 0, world_size: int = 1):
+    """Training loader (each epoch's order and each image's augmentations drawn from ``cfg.seed``, the epoch and
+    the image: see dataset.EpochSampler) and test loader; under DDP, process ``rank``'s share of each."""
+    train_ds = CifarDataset(data.train, train_transform(cfg.augment), seed=cfg.seed,
+                            alternate_flips=cfg.augment.flip == "alternating")
     test_ds = CifarDataset(data.test, test_transform())
-    return (make_loader(train_ds, cfg.batch_size, train=True, num_workers=cfg.num_workers, seed=cfg.seed),
-            make_loader(test_ds, cfg.batch_size, train=False, num_workers=cfg.num_workers))
+    return (make_loader(train_ds, cfg.batch_size, train=True, num_workers=cfg.num_workers, seed=cfg.seed,
+                        rank=rank, world_size=world_size),
+            make_loader(test_ds, cfg.batch_size, train=False, num_workers=cfg.num_workers, rank=rank,
+                        world_size=world_size))

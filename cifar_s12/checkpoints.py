@@ -38,6 +38,16 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, 
         torch.save(payload, tmp)
 
 
+def read_train_state(path: str | os.PathLike) -> dict:
+    """The plain trainer's ``checkpoints/last.pt`` for ``--resume``: a ``save_checkpoint`` payload whose
+    ``training`` part holds the optimizer, OneCycle and grad-scaler states and the run's metrics so far."""
+    payload = read_checkpoint_file(path, context="--resume: ")
+    if payload.get("format") != CHECKPOINT_FORMAT or not isinstance(payload.get("training"), dict):
+        raise UserError(f"--resume: {path} is not the plain trainer's training state (a model.pt holds weights "
+                        f"only); pass the folder of a --trainer torch run, which holds checkpoints/last.pt")
+    return payload
+
+
 def save_safetensors(path: str | os.PathLike, model: nn.Module, model_name: str, model_kwargs: dict,
                      config: dict, classes: tuple[str, ...], dtype: torch.dtype = torch.float16) -> None:
     """The shipped form: floating-point tensors in ``dtype`` (fp16 halves the file: 13 MB for CustomResNet), the
@@ -170,7 +180,10 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
             hp = payload["hyper_parameters"]
             name, kwargs, config, classes = (hp["model_name"], hp.get("model_kwargs", {}), hp.get("config", {}),
                                              hp.get("classes"))
-            state = {k[len("model."):]: v for k, v in payload.get("state_dict", {}).items() if k.startswith("model.")}
+            # The weights the run evaluated: the moving average's (ema.module.*) when the recipe kept one.
+            weights = payload.get("state_dict", {})
+            prefix = "ema.module." if any(k.startswith("ema.module.") for k in weights) else "model."
+            state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         else:
             raise UserError(f"{path} is a torch file but not a cifar_s12 checkpoint (no model name and classes in it)")
         data_source = payload.get("data_source")

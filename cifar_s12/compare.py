@@ -1,21 +1,24 @@
-"""Parity and overhead: the same recipe and seed trained by the plain loop and by Lightning, on the same data.
+"""Side by side: the same recipe and seed trained by the plain loop and by Lightning on the same data, and the two
+LR range tests from the same weights on the same batches.
 
 ``python -m cifar_s12 compare`` writes ``compare.json``: both final test accuracies and their difference, each
 epoch's losses of both and the largest relative difference between them, training images/s of each and Lightning's
-share of plain's, and the CPU seconds each whole run used.
+share of plain's, and the CPU seconds each whole run used. ``range_tests`` is ``lr-find --lr-finder both``.
 """
 from __future__ import annotations
 
 import gc
 import os
 import resource
-from pathlib import Path
 
-from .builders import load_data
+from .builders import build_loaders, build_model_for, load_data
 from .config import TrainConfig
-from .lit import fit_lightning
+from .dataset import CifarData
+from .lit import fit_lightning, range_test
+from .lr_find import LRFindResult
+from .run_folder import CompareFolder
 from .train import fit
-from .utils import write_json
+from .utils import seed_everything, write_json
 
 
 PARITY_KEYS = ("epoch", "train_loss", "test_loss", "test_acc")
@@ -29,10 +32,10 @@ def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) ->
     Also the CPU seconds each whole run used (this process and its loader workers), beside the wall-clock numbers.
     On a shared machine both grow with the neighbours' load (idle threads spin), so compare runs made together.
     """
-    out = Path(out_dir)
+    folder = CompareFolder(out_dir)
     data = load_data(cfg)  # loaded and cut to the recipe's subsets once; both trainers get these arrays
-    runs = {"torch": lambda: fit(cfg, out / "torch", data=data, log=log),
-            "lightning": lambda: fit_lightning(cfg, out / "lightning", data=data, log=log)}
+    runs = {"torch": lambda: fit(cfg, folder.run("torch").root, data=data, log=log),
+            "lightning": lambda: fit_lightning(cfg, folder.run("lightning").root, data=data, log=log)}
     summary = {}
     for name, run in runs.items():
         cpu_before = _cpu_seconds()
@@ -52,7 +55,7 @@ def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) ->
         abs(a[key] - b[key]) / abs(b[key])
         for a, b in zip(summary["lightning"]["epochs"], summary["torch"]["epochs"])
         for key in ("train_loss", "test_loss"))
-    write_json(out / "compare.json", summary)
+    write_json(folder.summary, summary)
     return summary
 
 
@@ -60,3 +63,16 @@ def _cpu_seconds() -> float:
     gc.collect()  # frees the finished run's loaders, so their worker processes exit and count as children
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def range_tests(kinds, cfg: TrainConfig, accelerator: str = "auto", data: CifarData | None = None,
+                **limits) -> dict[str, LRFindResult]:
+    """Each range test of ``kinds`` (keys of lr_find.LR_FINDERS) from the same seeded initial weights and fresh
+    loaders (so the same batches in the same order), for comparing them. ``data``: arrays already loaded (else
+    ``cfg``'s data is loaded)."""
+    data = load_data(cfg, data)
+    results = {}
+    for kind in kinds:
+        seed_everything(cfg.seed)
+        results[kind] = range_test(kind, cfg, build_model_for(cfg), build_loaders(cfg, data), accelerator, **limits)
+    return results

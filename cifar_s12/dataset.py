@@ -189,41 +189,92 @@ def subset(data: CifarData, train: int | None = None, test: int | None = None, s
     return CifarData(cut(data.train, train), cut(data.test, test), data.source, data.classes)
 
 
-class CifarDataset(Dataset):
-    """uint8 HWC images + labels; ``transform`` is an albumentations pipeline ending in ToTensorV2."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's augmentations in one epoch: a function of (run seed, epoch, image index) alone."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
-    def __init__(self, split: Split, transform):
-        self.images, self.labels, self.transform = split.images, split.labels, transform
+
+def flip_parity(seed: int, index: int) -> int:
+    """0 or 1: whether an image is flipped in even epochs (alternating flips), drawn once per (seed, image)."""
+    return int(np.random.SeedSequence([seed, 2**32, index]).generate_state(1)[0]) & 1  # 2**32: no epoch's key
+
+
+class CifarDataset(Dataset):
+    """uint8 HWC images + labels; ``transform`` is an albumentations pipeline ending in ToTensorV2.
+
+    With a ``seed`` (training), the loader's sampler (EpochSampler) hands in ``(epoch, index)`` and the image's
+    augmentations are seeded from (seed, epoch, index) just before they are drawn. Nothing is carried from one
+    image to the next, so the augmented tensors do not depend on which process (DDP rank) or loader worker draws
+    them, on how many workers there are, or on what came before: epoch 5 after a resume is the uninterrupted
+    run's epoch 5. (A per-worker stream seeded once, as before, would replay epoch 1 after a resume and give each
+    DDP process the same draws.) Without a seed, indices are plain ints (evaluation: no randomness).
+    """
+
+    def __init__(self, split: Split, transform, seed: int | None = None, alternate_flips: bool = False):
+        self.images, self.labels, self.transform, self.seed = split.images, split.labels, transform, seed
+        self.alternate_flips = alternate_flips and seed is not None  # AugmentConfig.flip == "alternating"
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(image=self.images[index])["image"], int(self.labels[index])
+    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        image = self.images[index]
+        if self.seed is not None:
+            self.transform.set_random_seed(sample_seed(self.seed, epoch, index))
+        if self.alternate_flips and (flip_parity(self.seed, index) + epoch) % 2:
+            image = image[:, ::-1]
+        return self.transform(image=np.ascontiguousarray(image))["image"], int(self.labels[index])
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The training order: epoch ``e``'s is a permutation drawn from (seed, e) alone, so any epoch can be
+    (re)started without replaying the ones before. Under DDP, process ``rank`` of ``world_size`` takes every
+    ``world_size``-th image of it (the tail that does not divide evenly is left out), so together the processes see
+    each image at most once. Yields ``(epoch, index)`` for CifarDataset's per-image seeding. The trainers call
+    ``set_epoch`` (0-based) before each epoch, as Lightning does with any sampler that has it."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of {world_size} processes")
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size // self.world_size
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        share = order[:len(self) * self.world_size][self.rank::self.world_size]
+        return iter([(self.epoch, int(i)) for i in share])
 
 
 def default_num_workers() -> int:
     return min(os.cpu_count() or 1, 8)
 
 
-def _seed_worker(worker_id: int) -> None:
-    # Each worker gets its own, reproducible augmentation stream derived from the loader's seed.
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(info.seed % 2**32)
-
-
 def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int | None = None,
-                seed: int = 0, pin_memory: bool | None = None) -> DataLoader:
-    """Shuffled, full batches for training; ordered for evaluation. Workers stay alive between epochs."""
+                seed: int = 0, pin_memory: bool | None = None, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Training: EpochSampler's order (this process's share under DDP), full batches only. Evaluation: in order
+    (this process's share under DDP). Workers stay alive between epochs."""
     workers = default_num_workers() if num_workers is None else num_workers
+    if train:
+        sampler = EpochSampler(len(dataset), seed, rank, world_size)
+    elif world_size > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle=False)
+    else:
+        sampler = None
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train,
-        drop_last=train and len(dataset) > batch_size,  # no tiny last batch for BatchNorm
-        num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_seed_worker,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        generator=torch.Generator().manual_seed(seed))
+        dataset, batch_size=batch_size, sampler=sampler,
+        drop_last=train and len(sampler) > batch_size,  # no tiny last batch for BatchNorm
+        num_workers=workers, persistent_workers=workers > 0,
+        # A generator of its own: starting an iterator draws worker seeds from it, not from torch's global one,
+        # which utils.seed_epoch keeps for the training step alone.
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)
 
 
 def synthetic_image_folder(root: str | os.PathLike, train_per_class: int = 60, test_per_class: int = 20,

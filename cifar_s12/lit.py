@@ -26,21 +26,25 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .builders import build_criterion, build_loaders, build_model_for, build_optimizer, build_scheduler, load_data
+from .builders import (build_criterion, build_ema, build_loaders, build_model_for, build_optimizer, build_scheduler,
+                       load_data, step_schedule)
 from .checkpoints import read_checkpoint_file
-from .config import TrainConfig
+from .config import TrainConfig, resume_config
 from .dataset import CLASSES, CifarData, load_cifar10
 from .errors import UserError
-from .lr_find import LR_FINDERS, LRFindResult, range_test, steepest_descent_lr
+from .lr_find import LR_FINDERS, LRFindResult, find_lr, range_test_iters, steepest_descent_lr
 from .model import NUM_CLASSES, build_model
-from .runtime import accelerator_device, lightning_precision, predict_logits
+from .run_folder import LIGHTNING_BEST, LIGHTNING_LAST, RunFolder, resume_file
+from .runtime import Runtime, accelerator_device, lightning_precision, predict_logits
 from .train import RunResult, format_epoch, new_metrics, record_epoch, save_outputs, save_run_figures
-from .utils import cli_command, seed_everything, write_json
+from .utils import cli_command, seed_epoch, seed_everything, write_json
 
 # Lightning's own notices that a user cannot act on: an internal deprecation of its pytree code under newer torch,
 # and ModelSummary's note that it sizes bf16 parameters as fp32 (they are fp32: autocast keeps fp32 weights).
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+# A resumed run writes its checkpoints beside the first part's, in the folder ModelCheckpoint then finds "not empty".
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 # ----------------------------------------------------------------------------------------------------------------
 # The LightningModule
@@ -57,6 +61,10 @@ class CifarLitModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.cfg = TrainConfig.from_dict(config)
         self.model = model if model is not None else build_model(model_name, **model_kwargs)
+        # The recipe's moving average of the weights (builders.build_ema), or None: updated after every step,
+        # it is what validation and test measure and model.pt holds (``evaluated``). A submodule, so the .ckpt
+        # keeps it.
+        self.ema = build_ema(self.model, self.cfg)
         self.criterion = build_criterion(self.cfg)
         self.train_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
@@ -74,13 +82,24 @@ class CifarLitModule(pl.LightningModule):
         if self.trainer.precision != "32-true":
             self.memory_format = torch.channels_last
             self.model.to(memory_format=self.memory_format)
+            if self.ema is not None:
+                self.ema.to(memory_format=self.memory_format)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The network that validation and test measure and model.pt holds: the moving average, if the recipe has
+        one, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.to(memory_format=self.memory_format))
 
-    def _loss_and_logits(self, batch, tta: bool = False):
+    def _loss_and_logits(self, batch, tta: bool = False, evaluating: bool = False):
         x, y = batch
-        logits = predict_logits(self, x, tta)  # fp32 logits, as the plain loop feeds the loss
+        net = self.evaluated if evaluating else self.model
+        # fp32 logits, as the plain loop feeds the loss
+        logits = predict_logits(lambda v: net(v.to(memory_format=self.memory_format)), x, tta,
+                                self.cfg.tta_shift if tta else 0)
         return self.criterion(logits, y), logits, y
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -94,18 +113,30 @@ class CifarLitModule(pl.LightningModule):
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:  # after the optimizer step, as in the plain loop
+            self.ema.update_parameters(self.model)
+
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss, logits, y = self._loss_and_logits(batch)
+        loss, logits, y = self._loss_and_logits(batch, evaluating=True)
         self.val_acc.update(logits, y)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         """Like validation; with the recipe's ``tta`` the logits of each image and its mirror image are averaged."""
-        loss, logits, y = self._loss_and_logits(batch, tta=self.cfg.tta)
+        loss, logits, y = self._loss_and_logits(batch, tta=self.cfg.tta, evaluating=True)
         self.test_acc.update(logits, y)
         self.log("test_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(y))
         self.log("test_acc", self.test_acc, on_epoch=True)
+
+    def on_train_epoch_start(self) -> None:
+        # As the plain loop: any randomness in this epoch's steps comes from (seed, epoch, rank), so a resumed
+        # run's epoch draws what the uninterrupted run's did. (The data order and augmentations: EpochSampler.)
+        seed_epoch(self.cfg.seed, self.current_epoch + 1, self.global_rank)
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        step_schedule(scheduler)  # as the plain loop: not past OneCycle's last step
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.cfg)
@@ -138,9 +169,9 @@ class CifarDataModule(pl.LightningDataModule):
     """CIFAR-10 from dataset.py with builders.py's subsets and loaders; validation and test use the test split (as the
     course does). ``data`` hands in arrays already loaded (notebooks, the trainer comparison)."""
 
-    def __init__(self, cfg: TrainConfig, data: CifarData | None = None):
+    def __init__(self, cfg: TrainConfig, data: CifarData | None = None, first_epoch: int = 0):
         super().__init__()
-        self.cfg, self.given = cfg, data
+        self.cfg, self.given, self.first_epoch = cfg, data, first_epoch
         self.data: CifarData | None = None
         self.loaders = None
 
@@ -152,15 +183,16 @@ class CifarDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:  # each process loads once (from the cache) whatever stages follow
             self.data = load_data(self.cfg, self.given)
-            self.loaders = build_loaders(self.cfg, self.data)
-            processes = self.trainer.world_size if self.trainer is not None else 1
+            # Under DDP each process loads its own share (the Trainer is told not to swap in a sampler of its own).
+            rank, processes = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            self.loaders = build_loaders(self.cfg, self.data, rank, processes)
+            # Lightning starts the first epoch's loader iterator before it calls set_epoch (FitLoop.setup_data),
+            # and with worker processes that iterator takes its order at once: a resumed run's first epoch must
+            # already carry its number, or it would replay epoch 1's order.
+            self.loaders[0].sampler.set_epoch(self.first_epoch)
             if len(self.loaders[0]) < processes:  # under DDP each process takes its share of the batches
                 raise UserError(f"too few training batches: {len(self.data.train)} images with batch size "
                                 f"{self.cfg.batch_size} give {len(self.loaders[0])} for {processes} process(es)")
-
-    def rebuild_loaders(self) -> None:
-        if self.data is not None:
-            self.loaders = build_loaders(self.cfg, self.data)
 
     def train_dataloader(self):
         return self.loaders[0]
@@ -229,7 +261,7 @@ class EpochHistory(Callback):
             "epoch": trainer.current_epoch + 1, "train_loss": float(m["train_loss"]),
             "train_acc": float(m["train_acc"]), "test_loss": float(m["val_loss"]), "test_acc": float(m["val_acc"]),
             "lr": self.lrs[-1], "images_per_second": self._images * trainer.world_size / self._seconds,
-            "epoch_seconds": self._seconds})
+            "epoch_seconds": self._seconds, "grad_scale": _grad_scale(trainer)})
         pl_module.print(format_epoch(self.history[-1], pl_module.cfg.epochs))  # rank 0, above the progress bar
         if self.after_epoch is not None and trainer.is_global_zero:
             self.after_epoch(trainer, pl_module)
@@ -245,29 +277,44 @@ class EpochHistory(Callback):
         self.commands = [*state_dict.get("commands", [None]), *self.commands[-1:]]
 
 
+def _grad_scale(trainer: pl.Trainer) -> float | None:
+    scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16's GradScaler; bf16 and fp32 have none
+    return scaler.get_scale() if scaler is not None else None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The Trainer
 def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: int | str = 1, accelerator: str = "auto",
                   strategy: str = "auto", max_epochs: int | None = None, fast_dev_run: bool = False) -> pl.Trainer:
     """The defaults a Lightning user expects: TensorBoard + CSV logs under ``out``, LR monitor, best-val-accuracy
     and last checkpoints in ``out/checkpoints``, progress bar, model summary, the package's precision choice."""
-    checkpoints = out / "checkpoints"
-    best = ModelCheckpoint(dirpath=checkpoints, filename="best-{epoch}-{val_acc:.4f}", monitor="val_acc", mode="max",
+    folder = RunFolder(out)
+    best = ModelCheckpoint(dirpath=folder.checkpoints, filename=LIGHTNING_BEST, monitor="val_acc", mode="max",
                            save_on_train_epoch_end=True)  # at epoch end, after EpochHistory: the ckpt has its row
     # last.ckpt from a checkpoint of its own: since Lightning 2.6, save_last=True on `best` writes last.ckpt only in
     # epochs that also save a best one, so it would not be the last epoch.
-    last = ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1,
+    last = ModelCheckpoint(dirpath=folder.checkpoints, filename=LIGHTNING_LAST, monitor=None, save_top_k=1,
                            enable_version_counter=False, save_on_train_epoch_end=True)
+    device = accelerator_device(accelerator)
+    precision = lightning_precision(device, cfg.precision)
+    plugins = None
+    if precision == "16-mixed" and device.type == "cpu":  # runtime.ALLOW_CPU_FP16 (tests): Lightning itself would
+        # quietly train bf16 on a CPU, so the fp16 autocast and its CPU GradScaler are handed in as a plugin.
+        from pytorch_lightning.plugins import MixedPrecision
+
+        precision, plugins = None, [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
     try:
         return pl.Trainer(
-            accelerator=accelerator, devices=devices, strategy=strategy,
-            precision=lightning_precision(accelerator_device(accelerator), cfg.precision),
+            accelerator=accelerator, devices=devices, strategy=strategy, precision=precision, plugins=plugins,
             max_epochs=max_epochs or cfg.epochs, fast_dev_run=fast_dev_run,
             # The same kernels as the plain loop (Runtime): no deterministic mode, and cuDNN benchmarks its
             # convolution algorithms once for the fixed 32x32 input.
             benchmark=True,
+            # The loaders already hold each process's share (dataset.EpochSampler): no DistributedSampler on top.
+            use_distributed_sampler=False,
             # version_N per run, so a resumed run adds its logs beside the first part's instead of replacing them
-            logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="csv")],
+            logger=[TensorBoardLogger(folder.root, name=folder.tensorboard.name),
+                    CSVLogger(folder.root, name=folder.csv.name)],
             callbacks=[history, LearningRateMonitor(logging_interval="step"), best, last, ModelSummary(max_depth=2),
                        TQDMProgressBar()],
             log_every_n_steps=10, default_root_dir=out)
@@ -294,28 +341,22 @@ def ctrl_c_raises(trainer: pl.Trainer):
 
 
 def read_resume_checkpoint(path: str | os.PathLike) -> dict:
-    """The hyper-parameters of a ``.ckpt`` written by this trainer; a UserError for anything else."""
+    """The hyper-parameters of a ``.ckpt`` written by this trainer, and its ``epochs_done``; a UserError for
+    anything else."""
     ckpt = read_checkpoint_file(path, context="--resume: ")
     hparams = ckpt.get("hyper_parameters", {})
     if "config" not in hparams or "loops" not in ckpt:
-        raise UserError(f"--resume: {path} is not a Lightning checkpoint of this trainer; pass "
-                        f"OUT/checkpoints/last.ckpt of a --trainer lightning run")
+        raise UserError(f"--resume: {path} is not a Lightning checkpoint of this trainer; pass the folder of a "
+                        f"--trainer lightning run (it holds checkpoints/last.ckpt)")
     done = len(ckpt.get("callbacks", {}).get(EpochHistory.__qualname__, {}).get("history", []))
     epochs = hparams["config"].get("epochs")
     if done and done == epochs:
         raise UserError(f"--resume: {path} is the end of a finished run ({done} of {epochs} epochs); nothing to do")
-    return hparams
-
-
-def resume_config(hparams: dict, cfg: TrainConfig) -> TrainConfig:
-    """A resumed run keeps the checkpoint's recipe (so the OneCycle plan is the same); only where the data is and
-    how it is loaded come from the new command line."""
-    return replace(TrainConfig.from_dict(hparams["config"]), data_dir=cfg.data_dir, download=cfg.download,
-                   num_workers=cfg.num_workers)
+    return {**hparams, "epochs_done": done}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Lightning's LR range test (lr_find.range_test runs it for --lr-finder lightning)
+# Lightning's LR range test, and the choice between it and torch-lr-finder
 @contextmanager
 def _tuner_checkpoint_notes_hidden():
     """Hide Lightning's "Restoring states from the checkpoint path at /tmp/..." and "Restored all states ..." while
@@ -353,6 +394,20 @@ def lightning_lr_find(cfg: TrainConfig, model: nn.Module, loaders, accelerator: 
     return LRFindResult(suggestion if suggestion is not None else steepest_descent_lr(lrs, losses), lrs, losses)
 
 
+def range_test(kind: str, cfg: TrainConfig, model: nn.Module, loaders, accelerator: str = "auto",
+               **limits) -> LRFindResult:
+    """Run the range test ``kind`` (a key of lr_find.LR_FINDERS) on ``loaders`` (train, test) from ``model``'s
+    current weights, which it leaves as found. ``limits``: start_lr, end_lr, num_iter (default:
+    ``range_test_iters``)."""
+    if kind not in LR_FINDERS:
+        raise UserError(f"unknown LR finder {kind!r}; choose from {', '.join(LR_FINDERS)}")
+    limits.setdefault("num_iter", range_test_iters(len(loaders[0])))
+    if kind == "lightning":
+        return lightning_lr_find(cfg, model, loaders, accelerator, **limits)
+    runtime = Runtime.create(cfg.precision, accelerator_device(accelerator).type)
+    return find_lr(runtime.prepare(model), loaders[0], cfg, runtime, **limits)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The whole run
 def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData | None = None, devices: int | str = 1,
@@ -363,18 +418,17 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     ``"trainer": "lightning"``), ``model.pt`` and ``curves.png`` to ``out_dir``, and Lightning's own outputs below
     it: ``tensorboard/``, ``csv/metrics.csv``, ``checkpoints/{best-...,last}.ckpt``.
 
-    ``stop_after``: stop after that many epochs, keeping the OneCycle plan of ``cfg.epochs`` (finish the run with
-    ``resume=out_dir/checkpoints/last.ckpt``). ``lr_finder``: which range test picks the max LR when ``cfg.max_lr``
-    is None.
+    ``resume``: a run folder (or its ``checkpoints/last.ckpt``) to continue with the recipe saved there, exactly
+    as the plain trainer continues its own. ``stop_after``: stop once that epoch is done, keeping the OneCycle plan
+    of ``cfg.epochs``. ``lr_finder``: which range test picks the max LR when ``cfg.max_lr`` is None.
     """
     wall_start = time.perf_counter()
     log = rank_zero_only(log)  # DDP runs this function in every process; one of them talks
     if resume is not None:
-        cfg = resume_config(read_resume_checkpoint(resume), cfg)
-    # Under DDP Lightning shuffles with a DistributedSampler seeded from this variable (pl.seed_everything sets it;
-    # the package seeds without Lightning), so --seed changes the data order there too.
-    os.environ["PL_GLOBAL_SEED"] = str(cfg.seed)
-    out = Path(out_dir)
+        resume = resume_file(resume, "lightning")
+        saved = read_resume_checkpoint(resume)
+        cfg = resume_config(saved["config"], cfg)
+    folder = RunFolder(out_dir)
 
     def run_metrics(trainer: pl.Trainer, module: CifarLitModule) -> dict:
         metrics = new_metrics("lightning", module.cfg, module.model, describe_trainer(trainer), datamodule.data,
@@ -388,28 +442,31 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
         # As the plain loop: metrics.json and model.pt after every epoch, so an interrupted run keeps its last one.
         # A fast dev run (one batch) writes nothing, as Lightning's own loggers and checkpoints do then.
         if not fast_dev_run:
-            save_outputs(out, module.model, module.cfg, datamodule.data.classes, run_metrics(trainer, module))
+            save_outputs(folder, module.evaluated, module.cfg, datamodule.data.classes, run_metrics(trainer, module))
 
     history = EpochHistory(after_epoch=save_epoch, wall_start=wall_start)
-    trainer = build_trainer(cfg, out, history, devices, accelerator, strategy,
+    trainer = build_trainer(cfg, folder.root, history, devices, accelerator, strategy,
                             max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
-    datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data)
+    datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data,
+                                 first_epoch=saved["epochs_done"] if resume is not None else 0)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # few workers per process is deliberate
     module, lr_result = _module_with_max_lr(cfg, datamodule, trainer, lr_finder, accelerator, log, fast_dev_run)
     with ctrl_c_raises(trainer):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        tta = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"] if module.cfg.tta else None
+        finished = len(history.history) == module.cfg.epochs  # not after --stop-after: TTA is the end's figure
+        tta = (trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"]
+               if module.cfg.tta and finished and not fast_dev_run else None)
     if not trainer.is_global_zero:
-        return RunResult({}, module.model, lr_result, is_global_zero=False)
+        return RunResult({}, module.evaluated, lr_result, is_global_zero=False)
     metrics = run_metrics(trainer, module)
     if tta is not None:
         metrics["final_test_accuracy_tta"] = tta
     metrics["wall_seconds"] = time.perf_counter() - history.run_start
     if fast_dev_run:
-        return RunResult(metrics, module.model, lr_result)
-    write_json(out / "metrics.json", metrics)  # model.pt is already the last epoch's (save_epoch), as in train.fit
-    save_run_figures(out, metrics, lr_result)
-    return RunResult(metrics, module.model, lr_result)
+        return RunResult(metrics, module.evaluated, lr_result)
+    write_json(folder.metrics, metrics)  # model.pt is already the last epoch's (save_epoch), as in train.fit
+    save_run_figures(folder, metrics, lr_result)
+    return RunResult(metrics, module.evaluated, lr_result)
 
 
 def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: pl.Trainer, lr_finder: str,
@@ -428,8 +485,7 @@ def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: 
     datamodule.setup("fit")
     result = range_test(lr_finder, cfg, model, datamodule.loaders, accelerator)
     log(f"LR range test ({LR_FINDERS[lr_finder]}) suggests max_lr = {result.suggested_lr:.3g}")
-    seed_everything(cfg.seed)  # training starts from the same random state with or without the range test ...
-    datamodule.rebuild_loaders()  # ... and from fresh loaders (the test advanced their random streams)
+    seed_everything(cfg.seed)  # training starts from the same random state with or without the range test
     return CifarLitModule.from_config(replace(cfg, max_lr=result.suggested_lr), model=model), result
 
 

@@ -1,8 +1,9 @@
 """LR range tests: raise the LR exponentially over a few steps, watch the loss, suggest a max LR for OneCycle.
 
-Two implementations of the same test: torch-lr-finder (the plain trainer's, and the notebooks') and Lightning's
-``Tuner.lr_find`` (in lit.py, imported only when asked for, so the plain path never needs Lightning). Both read the
-same batches and start from the same weights (``range_tests``), so their curves can be compared side by side.
+The plain trainer's test is torch-lr-finder's (``find_lr``). Lightning's ``Tuner.lr_find`` lives in lit.py, which
+also picks one of the two by name (``range_test``); compare.range_tests runs both from the same weights on the same
+batches, so their curves can be compared side by side. This module imports neither of those: the plain trainer
+never needs Lightning.
 """
 from __future__ import annotations
 
@@ -16,12 +17,9 @@ import torch
 from torch import nn
 from tqdm import TqdmWarning
 
-from .builders import build_criterion, build_loaders, build_model_for, build_optimizer, load_data
+from .builders import build_criterion, build_optimizer
 from .config import TrainConfig
-from .dataset import CifarData
-from .errors import UserError
-from .runtime import AutocastModel, Runtime, accelerator_device
-from .utils import seed_everything
+from .runtime import AutocastModel, Runtime
 
 # torch-lr-finder's bar comes from tqdm.auto, which warns "IProgress not found" without ipywidgets and then draws a
 # text bar, as the trainers do: the warning is noise.
@@ -73,30 +71,3 @@ def steepest_descent_lr(lrs: list[float], losses: list[float], skip_start: int =
         skip_start, skip_end = 0, 0
     sel_lrs, sel_losses = lrs[skip_start:len(lrs) - skip_end], losses[skip_start:len(losses) - skip_end]
     return float(sel_lrs[int(np.gradient(np.asarray(sel_losses)).argmin())])
-
-
-def range_test(kind: str, cfg: TrainConfig, model: nn.Module, loaders, accelerator: str = "auto",
-               **limits) -> LRFindResult:
-    """Run the range test ``kind`` (a key of LR_FINDERS) on ``loaders`` (train, test) from ``model``'s current
-    weights, which it leaves as found. ``limits``: start_lr, end_lr, num_iter (default: ``range_test_iters``)."""
-    if kind not in LR_FINDERS:
-        raise UserError(f"unknown LR finder {kind!r}; choose from {', '.join(LR_FINDERS)}")
-    limits.setdefault("num_iter", range_test_iters(len(loaders[0])))
-    if kind == "lightning":
-        from .lit import lightning_lr_find
-
-        return lightning_lr_find(cfg, model, loaders, accelerator, **limits)
-    runtime = Runtime.create(cfg.precision, accelerator_device(accelerator).type)
-    return find_lr(runtime.prepare(model), loaders[0], cfg, runtime, **limits)
-
-
-def range_tests(kinds, cfg: TrainConfig, accelerator: str = "auto", data: CifarData | None = None,
-                **limits) -> dict[str, LRFindResult]:
-    """Each range test of ``kinds`` from the same seeded initial weights and fresh loaders (so the same batches in the
-    same order), for comparing them. ``data``: arrays already loaded (else ``cfg``'s data is loaded)."""
-    data = load_data(cfg, data)
-    results = {}
-    for kind in kinds:
-        seed_everything(cfg.seed)
-        results[kind] = range_test(kind, cfg, build_model_for(cfg), build_loaders(cfg, data), accelerator, **limits)
-    return results

@@ -18,6 +18,7 @@ from .config import TrainConfig
 from .dataset import Split, load_cifar10, subset
 from .plots import (plot_augmented, plot_confusion_matrix, plot_curves, plot_gradcam, plot_misclassified,
                     plot_per_class_accuracy, plot_samples, save_figure)
+from .run_folder import CURVES, RunFolder
 from .transform import train_transform
 
 
@@ -39,7 +40,7 @@ def write_report(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, data
     lines += write_data_figures(data.train, loaded, out)
     lines += write_mistakes(loaded, preds, out, n=n, layer=layer, opacity=opacity)
     lines += write_confusion(preds, out)
-    lines += write_curves(run_metrics_path(loaded.path), out)
+    lines += write_curves(RunFolder.of_checkpoint(loaded.path).metrics, out)
     return lines
 
 
@@ -108,7 +109,7 @@ def write_confusion(preds: Predictions, out: Path) -> list[str]:
 def recorded_data_dir(loaded: LoadedModel) -> str | None:
     """Where the run found CIFAR-10, if that folder is still here: the location recorded (as given) in ``model.pt``
     or in the run's metrics.json (``data_source``), else the recipe's ``data_dir`` (None: $CIFAR_S12_DATA or data/)."""
-    metrics = read_run_metrics(run_metrics_path(loaded.path)) or {}
+    metrics = read_run_metrics(RunFolder.of_checkpoint(loaded.path).metrics) or {}
     sources = [loaded.data_source, metrics.get("data_source")]
     # A source is recorded as the user gave it: a path (relative to where the run started) or "$CIFAR_S12_DATA".
     candidates = [os.path.expandvars(str(source).partition(":")[2]) for source in sources if source]
@@ -125,14 +126,6 @@ def read_run_metrics(path: Path) -> dict | None:
     return metrics if isinstance(metrics, dict) else None
 
 
-def run_metrics_path(checkpoint: Path) -> Path:
-    """The run's metrics.json: beside model.pt, or one folder up from Lightning's checkpoints/*.ckpt."""
-    folder = checkpoint.parent
-    if checkpoint.suffix == ".ckpt" and folder.name == "checkpoints":
-        folder = folder.parent
-    return folder / "metrics.json"
-
-
 def write_curves(metrics_path: Path, out: Path) -> list[str]:
     """curves.png from the run's metrics.json, when the checkpoint's folder has one."""
     if not metrics_path.is_file():
@@ -146,6 +139,6 @@ def write_curves(metrics_path: Path, out: Path) -> list[str]:
         figure = plot_curves(metrics["history"], metrics.get("lr_schedule"))
     except (KeyError, TypeError, ValueError, AttributeError) as err:  # a history of another shape
         return [f"{metrics_path}'s history cannot be drawn ({type(err).__name__}: {err}): curves.png not written"]
-    save_figure(figure, out / "curves.png")
+    save_figure(figure, out / CURVES)
     epochs = len(metrics["history"])
-    return [f"wrote {out / 'curves.png'} ({epochs} epoch{'s' if epochs != 1 else ''})"]
+    return [f"wrote {out / CURVES} ({epochs} epoch{'s' if epochs != 1 else ''})"]

@@ -13,6 +13,9 @@ from torch import nn
 from .errors import UserError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# fp16 is refused on CPUs (see autocast_dtype). Tests switch this on to run the fp16 path (autocast + GradScaler)
+# of both trainers on a machine without a GPU; nothing else does.
+ALLOW_CPU_FP16 = False
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -42,7 +45,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.bfloat16 if native_cpu_bf16() else None
-    if precision == "fp16" and device.type == "cpu":
+    if precision == "fp16" and device.type == "cpu" and not ALLOW_CPU_FP16:
         # Lightning would quietly train bf16 instead (it has no fp16 on CPUs), the plain loop fp16: two recipes.
         raise UserError("--precision fp16 is for GPUs; on a CPU use bf16 (or auto, or fp32)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -116,9 +119,25 @@ class AutocastModel(nn.Module):
             return self.model(self.runtime.inputs(x)).float()
 
 
-def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """fp32 logits; with ``tta`` the average of the image's and its mirror image's."""
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False, shift: int = 0) -> torch.Tensor:
+    """fp32 logits; with ``tta`` the average of the image's and its mirror image's. With a ``shift`` too, half the
+    weight goes to those two and half to both of them moved ``shift`` pixels down-right and up-left (the training
+    crops' kind of change), as airbench's test-time augmentation does."""
     logits = model(x).float()
-    if tta:
-        logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+    if not tta:
+        return logits
+    views = (x, torch.flip(x, dims=[3]))
+    logits = (logits + model(views[1]).float()) / 2
+    if shift:
+        moved = [model(translate(v, d)).float() for v in views for d in (shift, -shift)]
+        logits = logits / 2 + sum(moved) / (2 * len(moved))
     return logits
+
+
+def translate(x: torch.Tensor, d: int) -> torch.Tensor:
+    """Images moved ``d`` pixels down and right (up and left if negative), the edge reflected into the gap."""
+    n = abs(d)
+    padded = torch.nn.functional.pad(x, (n, n, n, n), mode="reflect")
+    h, w = x.shape[-2:]
+    top = n - d  # d > 0: the crop starts above, so the content moves down
+    return padded[..., top:top + h, top:top + w]

@@ -6,7 +6,6 @@ only the loop. Read top to bottom: train_step -> train_epoch -> evaluate -> fit 
 """
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,15 +17,17 @@ from torchmetrics.classification import MulticlassAccuracy
 # nothing readable in committed outputs. Lightning's bar makes the same choice without ipywidgets.
 from tqdm import tqdm
 
-from .builders import build_criterion, build_loaders, build_model_for, build_optimizer, build_scheduler, load_data
-from .checkpoints import save_checkpoint
-from .config import TrainConfig
+from .builders import (build_criterion, build_ema, build_loaders, build_model_for, build_optimizer, build_scheduler,
+                       load_data, step_schedule)
+from .checkpoints import read_train_state, save_checkpoint
+from .config import TrainConfig, resume_config
 from .dataset import CifarData
 from .errors import UserError
 from .lr_find import LRFindResult, find_lr, range_test_iters
 from .model import count_parameters
+from .run_folder import RunFolder, resume_file
 from .runtime import Runtime, predict_logits
-from .utils import cli_command, interrupts_deferred, provenance, seed_everything, write_json
+from .utils import cli_command, interrupts_deferred, provenance, seed_epoch, seed_everything, write_json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -44,24 +45,23 @@ def train_step(model, x, y, optimizer, criterion, runtime: Runtime) -> tuple[tor
 
 
 def train_epoch(model, loader, optimizer, scheduler, criterion, runtime: Runtime, desc: str = "train",
-                lrs: list[float] | None = None) -> dict:
-    """One pass over ``loader``, stepping ``scheduler`` after every batch; the LR of each step is appended to ``lrs``."""
+                lrs: list[float] | None = None, ema=None) -> dict:
+    """One pass over ``loader``, stepping ``scheduler`` (and the recipe's moving average ``ema``, if any) after
+    every batch; the LR of each step is appended to ``lrs``."""
     model.train()
     accuracy = MulticlassAccuracy(num_classes=10, average="micro").to(runtime.device)
     loss_sum, seen = torch.zeros((), device=runtime.device), 0
-    # Exactly len(loader) batches, as Lightning takes them. Running a worker-less loader to its end would make
-    # RandomSampler draw one more (empty) permutation from the shuffling generator, and from epoch 2 on the two
-    # trainers would see the data in different orders.
-    batches = itertools.islice(loader, len(loader))
-    bar = tqdm(batches, total=len(loader), desc=desc, leave=False, mininterval=1.0, dynamic_ncols=True)
+    bar = tqdm(loader, total=len(loader), desc=desc, leave=False, mininterval=1.0, dynamic_ncols=True)
     start = time.perf_counter()
     for step, (x, y) in enumerate(bar):
         x, y = runtime.inputs(x), y.to(runtime.device, non_blocking=True)
         loss, logits = train_step(model, x, y, optimizer, criterion, runtime)
-        lr = optimizer.param_groups[0]["lr"]  # the LR this step used (after the last step OneCycle overshoots)
+        if ema is not None:
+            ema.update_parameters(model)
+        lr = optimizer.param_groups[0]["lr"]  # the LR this step used
         if lrs is not None:
             lrs.append(lr)
-        scheduler.step()
+        step_schedule(scheduler)  # per batch: OneCycle's plan is in steps
         loss_sum += loss.detach() * len(y)  # stays on the device: no sync per step
         seen += len(y)
         accuracy.update(logits.detach(), y)
@@ -73,19 +73,23 @@ def train_epoch(model, loader, optimizer, scheduler, criterion, runtime: Runtime
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {"train_loss": loss_sum.item() / seen, "train_acc": accuracy.compute().item(), "lr": lr,
-            "images_per_second": seen / seconds, "epoch_seconds": seconds}
+            "images_per_second": seen / seconds, "epoch_seconds": seconds,
+            # fp16's loss scale after the epoch (it halves on every step whose gradients overflowed): None otherwise
+            "grad_scale": runtime.scaler.get_scale() if runtime.scaler.is_enabled() else None}
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion, runtime: Runtime, tta: bool = False, desc: str = "test") -> dict:
-    """Test loss and accuracy; with ``tta`` the logits of each image and its mirror image are averaged."""
+def evaluate(model, loader, criterion, runtime: Runtime, tta: bool = False, desc: str = "test",
+             shift: int = 0) -> dict:
+    """Test loss and accuracy; with ``tta`` the logits of each image and its mirror image are averaged (and of
+    both moved ``shift`` pixels: runtime.predict_logits)."""
     model.eval()
     accuracy = MulticlassAccuracy(num_classes=10, average="micro").to(runtime.device)
     loss_sum, seen = torch.zeros((), device=runtime.device), 0
     for x, y in tqdm(loader, desc=desc, leave=False, mininterval=1.0, dynamic_ncols=True):
         x, y = runtime.inputs(x), y.to(runtime.device, non_blocking=True)
         with runtime.autocast():
-            logits = predict_logits(model, x, tta)
+            logits = predict_logits(model, x, tta, shift)
         loss_sum += criterion(logits, y) * len(y)
         seen += len(y)
         accuracy.update(logits, y)
@@ -103,11 +107,25 @@ class RunResult:
 
 
 def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | None = None,
-        runtime: Runtime | None = None, log=print) -> RunResult:
-    """Train ``cfg`` and evaluate after each epoch. With ``out_dir``: ``model.pt`` and ``metrics.json`` are
-    (re)written atomically after every epoch, so an interrupted run keeps its last complete epoch; ``curves.png``
-    (and ``lr_finder.png``) at the end."""
+        runtime: Runtime | None = None, log=print, resume: str | Path | None = None,
+        stop_after: int | None = None) -> RunResult:
+    """Train ``cfg`` and evaluate after each epoch. With ``out_dir`` (see run_folder.py), after every epoch:
+    the whole training state (``checkpoints/last.pt``), ``model.pt`` and ``metrics.json``, each written
+    atomically, so an interrupted run keeps its last complete epoch; ``curves.png`` (and ``lr_finder.png``) at
+    the end.
+
+    ``resume``: a run folder (or its ``checkpoints/last.pt``) to continue with the recipe saved there: the same
+    epochs, batches, augmentations and updates as if it had never stopped. ``stop_after``: stop once that epoch is
+    done, keeping the OneCycle plan of ``cfg.epochs`` (continue later with ``resume``).
+    """
     wall_start = time.perf_counter()
+    state = read_train_state(resume_file(resume, "torch")) if resume is not None else None
+    if state is not None:
+        cfg = resume_config(state["config"], cfg)
+        done = state["training"]["metrics"].get("epochs_completed")
+        if done == cfg.epochs:
+            raise UserError(f"--resume: {resume} is the end of a finished run ({done} of {cfg.epochs} epochs); "
+                            f"nothing to do")
     seed_everything(cfg.seed)
     runtime = runtime or Runtime.create(cfg.precision)
     data = load_data(cfg, data)
@@ -119,52 +137,87 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
         f"{len(data.train):,} train / {len(data.test):,} test images from {data.source}")
 
     lr_result = None
-    if cfg.max_lr is None:
+    if cfg.max_lr is None:  # a resumed run has the max LR its first part found
         lr_result = find_lr(model, train_loader, cfg, runtime, num_iter=range_test_iters(len(train_loader)))
         log(f"LR range test suggests max_lr = {lr_result.suggested_lr:.3g}")
         cfg = replace(cfg, max_lr=lr_result.suggested_lr)
-        # Training starts from the same random state with or without the range test: reseed, and fresh loaders
-        # (the range test advanced the old ones' shuffling and augmentation streams).
-        seed_everything(cfg.seed)
-        train_loader, test_loader = build_loaders(cfg, data)
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, cfg.max_lr, len(train_loader))
     criterion = build_criterion(cfg)
-    lr_schedule: list[float] = []  # the LR of every step, as the optimizer used it
-    out = Path(out_dir) if out_dir else None
+    ema = build_ema(model, cfg)
+    evaluated = ema.module if ema is not None else model  # what is tested and saved as model.pt
+    folder = RunFolder(out_dir) if out_dir else None
     metrics = new_metrics("torch", cfg, model, runtime.describe(), data, train_loader.num_workers)
-    for epoch in range(1, cfg.epochs + 1):
+    first_epoch = 1
+    if state is not None:
+        first_epoch = restore_training(state, model, optimizer, scheduler, runtime, metrics, len(train_loader), ema)
+        log(f"resuming after epoch {first_epoch - 1} of {cfg.epochs}")
+    lr_schedule = metrics["lr_schedule"]  # the LR of every step, as the optimizer used it
+    run_start = wall_start - metrics.pop("earlier_seconds", 0.0)  # a resumed run's wall time counts every part
+    last_epoch = min(stop_after or cfg.epochs, cfg.epochs)
+    for epoch in range(first_epoch, last_epoch + 1):
+        # This epoch's order, augmentations and any randomness in the step come from (seed, epoch): a resumed
+        # run's epoch draws what the uninterrupted run's did (dataset.EpochSampler, utils.seed_epoch).
+        train_loader.sampler.set_epoch(epoch - 1)
+        seed_epoch(cfg.seed, epoch)
         stats = train_epoch(model, train_loader, optimizer, scheduler, criterion, runtime,
-                            desc=f"epoch {epoch}/{cfg.epochs}", lrs=lr_schedule)
-        stats.update(evaluate(model, test_loader, criterion, runtime))
+                            desc=f"epoch {epoch}/{cfg.epochs}", lrs=lr_schedule, ema=ema)
+        stats.update(evaluate(evaluated, test_loader, criterion, runtime))
         row = {"epoch": epoch, **stats}
-        record_epoch(metrics, row, lr_schedule, wall_start)
+        record_epoch(metrics, row, lr_schedule, run_start)
         log(format_epoch(row, cfg.epochs))
-        if out:
-            save_outputs(out, model, cfg, data.classes, metrics)
-    if cfg.tta:
-        metrics["final_test_accuracy_tta"] = evaluate(model, test_loader, criterion, runtime, tta=True)["test_acc"]
+        if folder:
+            save_outputs(folder, evaluated, cfg, data.classes, metrics,
+                         training={"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "scaler": runtime.scaler.state_dict(),
+                                   "ema": ema.state_dict() if ema is not None else None})
+    if cfg.tta and metrics.get("epochs_completed") == cfg.epochs:
+        metrics["final_test_accuracy_tta"] = evaluate(evaluated, test_loader, criterion, runtime, tta=True,
+                                                      shift=cfg.tta_shift)["test_acc"]
         log(f"test accuracy with flip TTA: {metrics['final_test_accuracy_tta']:.4f}")
-    metrics["wall_seconds"] = time.perf_counter() - wall_start
-    if out:
-        write_json(out / "metrics.json", metrics)
-        save_run_figures(out, metrics, lr_result)
-    return RunResult(metrics, model, lr_result)
+    metrics["wall_seconds"] = time.perf_counter() - run_start
+    if folder:
+        write_json(folder.metrics, metrics)
+        save_run_figures(folder, metrics, lr_result)
+    return RunResult(metrics, evaluated, lr_result)
+
+
+def restore_training(state: dict, model, optimizer, scheduler, runtime: Runtime, metrics: dict,
+                     steps_per_epoch: int, ema=None) -> int:
+    """Load a ``checkpoints/last.pt`` into the freshly built run and carry its metrics over; the next epoch."""
+    training = state["training"]
+    planned = steps_per_epoch * TrainConfig.from_dict(state["config"]).epochs
+    saved = training["scheduler"].get("total_steps")
+    if saved != planned:
+        raise UserError(f"--resume: the checkpoint's OneCycle schedule has {saved:,} steps, but this run would take "
+                        f"{planned:,} ({steps_per_epoch} per epoch); resume with the first part's training data")
+    model.load_state_dict(training["state_dict"])  # the trained weights (state_dict: what model.pt holds)
+    if ema is not None:
+        ema.load_state_dict(training["ema"])
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    if training["scaler"] and runtime.scaler.is_enabled():  # empty when the first part had no fp16 scaler
+        runtime.scaler.load_state_dict(training["scaler"])
+    earlier = training["metrics"]
+    commands = [c for c in (earlier.get("command"), metrics.get("command")) if c]
+    metrics.update(history=list(earlier["history"]), lr_schedule=list(earlier["lr_schedule"]),
+                   final_test_accuracy=earlier.get("final_test_accuracy"),
+                   epochs_completed=earlier["epochs_completed"], command=" && ".join(commands) or None,
+                   earlier_seconds=float(earlier.get("wall_seconds", 0.0)))
+    return earlier["epochs_completed"] + 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # metrics.json, model.pt and the figures: one schema and one writer for both trainers
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_second",
-                "epoch_seconds")
+                "epoch_seconds", "grad_scale")
 
 
 def new_metrics(trainer: str, cfg: TrainConfig, model: nn.Module, device: str, data: CifarData,
                 loader_workers: int) -> dict:
-    """The head of metrics.json; ``record_epoch`` fills in the rest as epochs finish.
-
-    ``loader_workers`` is recorded because each worker has its own augmentation stream: the same seed with another
-    number of workers is another run.
+    """The head of metrics.json; ``record_epoch`` fills in the rest as epochs finish. (``loader_workers`` is
+    recorded for the record: each image's augmentations are seeded on their own, so it does not change the run.)
     """
     return {"trainer": trainer, "model": cfg.model, "parameters": count_parameters(model), "device": device,
             "data_source": data.source, "train_images": len(data.train), "test_images": len(data.test),
@@ -174,7 +227,7 @@ def new_metrics(trainer: str, cfg: TrainConfig, model: nn.Module, device: str, d
 
 def record_epoch(metrics: dict, row: dict, lr_schedule: list[float], wall_start: float) -> None:
     """Append one history row (the HISTORY_KEYS of ``row``, in that order) and update the run's totals."""
-    metrics["history"].append({key: row[key] for key in HISTORY_KEYS})
+    metrics["history"].append({key: row.get(key) for key in HISTORY_KEYS})  # rows from before grad_scale: None
     metrics.update(lr_schedule=lr_schedule, final_test_accuracy=row["test_acc"], epochs_completed=row["epoch"],
                    wall_seconds=time.perf_counter() - wall_start)
 
@@ -185,19 +238,24 @@ def format_epoch(row: dict, epochs: int) -> str:
             f"{row['images_per_second']:.0f} img/s, {row['epoch_seconds']:.0f} s")
 
 
-def save_outputs(out: Path, model: nn.Module, cfg: TrainConfig, classes, metrics: dict) -> None:
-    """``model.pt`` and ``metrics.json``, each written atomically, and both or neither: Ctrl-C waits for the pair."""
+def save_outputs(folder: RunFolder, model: nn.Module, cfg: TrainConfig, classes, metrics: dict,
+                 training: dict | None = None) -> None:
+    """``model.pt`` and ``metrics.json`` (and, with ``training``, the plain trainer's ``checkpoints/last.pt``
+    first), each written atomically, all or none: Ctrl-C waits for the set. A kill -9 between two of them leaves
+    last.pt ahead of the others, and a resume rewrites them from it."""
+    describe = dict(model_name=cfg.model, model_kwargs=cfg.model_kwargs(), config=cfg.to_dict(), classes=classes,
+                    epoch=metrics["epochs_completed"], trainer=metrics["trainer"], data_source=metrics["data_source"])
     with interrupts_deferred():
-        save_checkpoint(out / "model.pt", model, cfg.model, cfg.model_kwargs(), cfg.to_dict(), classes,
-                        epoch=metrics["epochs_completed"], trainer=metrics["trainer"],
-                        data_source=metrics["data_source"])
-        write_json(out / "metrics.json", metrics)
+        if training is not None:
+            save_checkpoint(folder.train_state, model, **describe, training={**training, "metrics": metrics})
+        save_checkpoint(folder.model, model, **describe)
+        write_json(folder.metrics, metrics)
 
 
-def save_run_figures(out: Path, metrics: dict, lr_find: LRFindResult | None = None) -> None:
+def save_run_figures(folder: RunFolder, metrics: dict, lr_find: LRFindResult | None = None) -> None:
     """``curves.png``, and ``lr_finder.png`` when the max LR came from a range test."""
     from .plots import plot_curves, plot_lr_finder, save_figure
 
-    save_figure(plot_curves(metrics["history"], metrics["lr_schedule"]), out / "curves.png")
+    save_figure(plot_curves(metrics["history"], metrics["lr_schedule"]), folder.curves)
     if lr_find:
-        save_figure(plot_lr_finder(lr_find.lrs, lr_find.losses, lr_find.suggested_lr), out / "lr_finder.png")
+        save_figure(plot_lr_finder(lr_find.lrs, lr_find.losses, lr_find.suggested_lr), folder.lr_finder)

@@ -24,6 +24,10 @@ class AugmentConfig:
 
     pad: int = 4              # pad to 32 + 2*pad, then take a random 32x32 crop
     flip_p: float = 0.5       # horizontal flip
+    # "random": each image flipped with flip_p in each epoch. "alternating" (airbench): a random half of the images
+    # flipped in the first epoch, the other half in the next, and so on: every image is seen both ways in any two
+    # epochs in a row (dataset.CifarDataset does it; the pipeline then has no flip of its own).
+    flip: str = "random"
     cutout_size: int = 8      # one square hole, filled with the data mean (0 after normalisation)
     cutout_p: float = 1.0     # every image (Page's recipe); the course preset uses 0.5
     gray_p: float = 0.0       # optional ToGray
@@ -44,7 +48,9 @@ def train_transform(cfg: AugmentConfig = AugmentConfig(), seed: int | None = Non
         steps += [A.PadIfNeeded(min_height=size + 2 * cfg.pad, min_width=size + 2 * cfg.pad,
                                 border_mode=cv2.BORDER_REFLECT_101),
                   A.RandomCrop(height=size, width=size)]
-    if cfg.flip_p > 0:
+    if cfg.flip not in ("random", "alternating"):
+        raise ValueError(f"unknown flip {cfg.flip!r}: random or alternating")
+    if cfg.flip_p > 0 and cfg.flip == "random":
         steps.append(A.HorizontalFlip(p=cfg.flip_p))
     if cfg.cutout_size > 0 and cfg.cutout_p > 0:
         hole = (cfg.cutout_size, cfg.cutout_size)

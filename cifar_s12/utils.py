@@ -72,10 +72,17 @@ def cpu_name() -> str:
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy and torch (all devices). Loader workers derive their seeds from torch's."""
+    """Python, NumPy and torch (all devices): what the initial weights are drawn from. (The data order and the
+    augmentations have seeds of their own: dataset.EpochSampler, CifarDataset.)"""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed torch's global generator (dropout, anything random in the step) from (seed, epoch, process rank) at
+    the start of an epoch: an epoch after a resume draws what the uninterrupted run's did."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
 
 
 @contextmanager

@@ -18,7 +18,8 @@ from .dataset import REPO_DIR, Split, load_cifar10
 from .errors import UserError
 from .mistakes import cache_paths, file_sha256, mistakes_of, write_mistakes
 from .model import count_parameters
-from .report import read_run_metrics, run_metrics_path
+from .report import read_run_metrics
+from .run_folder import MODEL, RunFolder
 from .utils import cli_command, provenance, write_json
 
 SHIPPED_WEIGHTS = REPO_DIR / "weights" / "custom_resnet.safetensors"
@@ -45,7 +46,7 @@ def checkpoint_or_shipped(checkpoint: str | os.PathLike | None) -> Path:
     if not SHIPPED_WEIGHTS.is_file():
         shown = SHIPPED_WEIGHTS.relative_to(REPO_DIR) if SHIPPED_WEIGHTS.is_relative_to(REPO_DIR) else SHIPPED_WEIGHTS
         raise UserError(f"no --checkpoint given, and this checkout has no shipped weights ({shown}): "
-                        f"pass --checkpoint runs/NAME/model.pt")
+                        f"pass --checkpoint runs/NAME/{MODEL}")
     return SHIPPED_WEIGHTS
 
 
@@ -67,7 +68,7 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike = SHIPP
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: name a .safetensors file")
     data = load_cifar10(data_dir, download=False)  # before anything is written: no data, no card with no numbers
-    metrics = read_run_metrics(run_metrics_path(loaded.path)) or {}
+    metrics = read_run_metrics(RunFolder.of_checkpoint(loaded.path).metrics) or {}
     cfg = TrainConfig.from_dict(loaded.config)
     save_safetensors(out, loaded.model, loaded.model_name, cfg.model_kwargs(), loaded.config, loaded.classes)
     shipped = load_checkpoint(out)

@@ -6,63 +6,123 @@ from cifar_s12.bench import run_bench
 from cifar_s12.config import make_config
 from cifar_s12.dataset import subset
 from cifar_s12.errors import UserError
+from cifar_s12.model import CustomResNet
+from cifar_s12.runtime import Runtime
 
 TINY_BENCH = dict(batch_size=8, steps=1, warmup=1, loader_batches=2, matmul_size=64, matmul_repeats=1)
 
 
-def test_bench_reports_all_three_throughputs(data):
-    result = run_bench(make_config("best", num_workers=1), data=data, device="cpu", **TINY_BENCH)
-    for key in ("train_images_per_second", "baseline_fp32_images_per_second", "loader_images_per_second"):
-        assert result[key] > 0
-    # the summary figures are the measured ones combined, not measured again
-    assert result["fast_vs_baseline"] == pytest.approx(result["train_images_per_second"]
-                                                       / result["baseline_fp32_images_per_second"])
-    assert result["loader_vs_model"] == pytest.approx(result["loader_images_per_second"]
-                                                      / result["train_images_per_second"])
-    assert result["train_gflops"] == pytest.approx(result["train_images_per_second"]
-                                                   * result["train_gflop_per_image"])
-    assert result["device"] == "cpu" and result["loader_workers"] == 1 and result["loader_batches"] == 2
-    # Forward + backward of the course ResNet: about 3x the forward's 0.76 GFLOP per image.
-    assert 2.0 < result["train_gflop_per_image"] < 2.5
+@pytest.fixture
+def measured(monkeypatch):
+    """run_bench with each measurement replaced by a known figure, to check what it makes of them: the training
+    step runs 300 images/s on the bf16 fast path and 100 in fp32, the loader 600, the step costs 2 GFLOP per
+    image, and the matrix products' rounds give these rates (best: fp32 100, bf16 250). Records each call."""
+    calls = {"train": [], "loader": [], "matmul": []}
+    rates = {torch.float32: iter([90.0, 100.0, 95.0]), torch.bfloat16: iter([200.0, 250.0, 240.0])}
 
+    def train(cfg, runtime, batch_size, steps, warmup):
+        calls["train"].append((runtime.dtype, runtime.memory_format, batch_size, steps, warmup))
+        return {torch.bfloat16: 300.0, None: 100.0}[runtime.dtype]
 
-def test_the_fast_path_is_bf16_only_where_the_cpu_has_bf16_instructions(data, monkeypatch):
-    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: True)
-    assert run_bench(make_config("best", num_workers=0), data=data, device="cpu", **TINY_BENCH)["fast_path"] == \
-        "autocast cpu, bfloat16 + channels_last"
-    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)  # then the fast path is the baseline
-    assert run_bench(make_config("best", num_workers=0), data=data, device="cpu", **TINY_BENCH)["fast_path"].startswith("fp32")
+    def loader(cfg, data, batch_size, batches, num_workers):
+        calls["loader"].append((batch_size, batches, num_workers))
+        return 600.0
 
-
-def test_matrix_products_alternate_the_two_dtypes_and_keep_each_ones_best_round(data, monkeypatch):
-    calls, rates = [], {torch.float32: iter([90.0, 100.0, 95.0]), torch.bfloat16: iter([200.0, 250.0, 240.0])}
-
-    def recorded(device, dtype, size, repeats):
-        calls.append((device.type, dtype, size, repeats))
+    def matmul(device, dtype, size, repeats):
+        calls["matmul"].append((device.type, dtype, size, repeats))
         return next(rates[dtype])
 
-    monkeypatch.setattr(bench, "matmul_gflops", recorded)
+    monkeypatch.setattr(bench, "train_step_throughput", train)
+    monkeypatch.setattr(bench, "loader_throughput", loader)
+    monkeypatch.setattr(bench, "training_flops_per_image", lambda cfg: 2e9)
+    monkeypatch.setattr(bench, "matmul_gflops", matmul)
+    return calls, rates
+
+
+def test_bench_combines_the_fast_and_fp32_measurements_into_its_figures(data, measured, monkeypatch):
+    calls, rates = measured
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: True)
-    result = run_bench(make_config("best", num_workers=0), data=data, device="cpu", **TINY_BENCH)
-    assert calls == [("cpu", torch.float32, 64, 1), ("cpu", torch.bfloat16, 64, 1)] * 3
-    assert (result["matmul_fp32_gflops"], result["matmul_fast_gflops"], result["matmul_fast_vs_fp32"]) == (100, 250, 2.5)
-    # the ceiling: the whole step at the fast dtype's matrix-product rate, over the baseline's measured rate
-    assert result["ceiling_vs_baseline"] == pytest.approx(250 / result["baseline_fp32_gflops"])
-    assert result["train_gflops_of_matmul"] == pytest.approx(result["train_gflops"] / 250)
-    assert result["fp32_convolutions_in_tf32"] is False
+    r = run_bench(make_config("best", num_workers=1), data=subset(data, train=40), device="cpu",
+                  **{**TINY_BENCH, "loader_batches": 20})
+    # the fast path is bf16 on channels_last, the baseline fp32 channels-first, each timed once
+    assert calls["train"] == [(torch.bfloat16, torch.channels_last, 8, 1, 1), (None, torch.contiguous_format, 8, 1, 1)]
+    assert r["fast_path"] == "autocast cpu, bfloat16 + channels_last" and r["device"] == "cpu"
+    assert (r["train_images_per_second"], r["baseline_fp32_images_per_second"], r["fast_vs_baseline"]) == (300, 100, 3)
+    # 40 images are 5 batches of 8: the first is start-up, so at most 4 of the 20 asked for are timed
+    assert calls["loader"] == [(8, 4, 1)] and (r["loader_batches"], r["loader_workers"]) == (4, 1)
+    assert (r["loader_images_per_second"], r["loader_vs_model"]) == (600, 2)
+    assert (r["train_gflop_per_image"], r["train_gflops"], r["baseline_fp32_gflops"]) == (2, 600, 200)
+    # the dtypes alternate round by round, and each keeps its best round
+    assert calls["matmul"] == [("cpu", torch.float32, 64, 1), ("cpu", torch.bfloat16, 64, 1)] * 3
+    assert (r["matmul_fp32_gflops"], r["matmul_fast_gflops"], r["matmul_fast_vs_fp32"]) == (100, 250, 2.5)
+    # the ceiling: the whole step at bf16's 250 GFLOP/s over the baseline's 200; the fast path's 600 over 250
+    assert r["ceiling_vs_baseline"] == pytest.approx(1.25) and r["train_gflops_of_matmul"] == pytest.approx(2.4)
+    assert r["fp32_convolutions_in_tf32"] is False
 
-    calls.clear()
+
+def test_without_bf16_instructions_the_fast_path_is_the_fp32_baseline(data, measured, monkeypatch):
+    calls, rates = measured
     rates[torch.float32] = iter([80.0, 70.0, 60.0])
-    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)  # no fast dtype: fp32 only, a gain of exactly 1
-    result = run_bench(make_config("best", num_workers=0), data=data, device="cpu", **TINY_BENCH)
-    assert calls == [("cpu", torch.float32, 64, 1)] * 3
-    assert (result["matmul_fp32_gflops"], result["matmul_fast_gflops"], result["matmul_fast_vs_fp32"]) == (80, 80, 1)
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
+    r = run_bench(make_config("best", num_workers=0), data=data, device="cpu", **TINY_BENCH)
+    assert [dtype for dtype, *_ in calls["train"]] == [None, None] and r["fast_path"].startswith("fp32")
+    assert r["fast_vs_baseline"] == 1  # one precision timed twice
+    assert calls["matmul"] == [("cpu", torch.float32, 64, 1)] * 3  # fp32 only: a gain of exactly 1
+    assert (r["matmul_fp32_gflops"], r["matmul_fast_gflops"], r["matmul_fast_vs_fp32"]) == (80, 80, 1)
 
 
-def test_matmul_gflops_counts_two_operations_per_multiply_add(monkeypatch):
-    clock = iter([10.0, 12.0])  # the timed products take 2 s by this clock
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
-    assert bench.matmul_gflops(torch.device("cpu"), torch.float32, 64, 3) == pytest.approx(3 * 2 * 64 ** 3 / 2 / 1e9)
+def test_the_timers_leave_out_the_warm_up_steps_and_the_loaders_start_up(data, monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    steps = []
+
+    def step(model, x, y, optimizer, criterion, rt):  # by this clock a warm-up step takes 10 s, a timed one 0.5 s
+        now[0] += 10.0 if len(steps) < 2 else 0.5
+        steps.append((len(x), model.training))
+
+    monkeypatch.setattr(bench, "train_step", step)
+    monkeypatch.setattr(bench, "build_model_for", lambda cfg: torch.nn.Conv2d(3, 10, 32))
+    cfg = make_config("best", num_workers=0)
+    assert bench.train_step_throughput(cfg, Runtime.create("fp32", "cpu"), 8, steps=4, warmup=2) == 16.0  # 32 / 2 s
+    assert steps == [(8, True)] * 6
+
+    def batches():  # worker start-up makes the first batch take 100 s, then 1 s a batch; the last batch is short
+        for seconds, size in ((100.0, 8), (1.0, 8), (1.0, 8), (1.0, 5)):
+            now[0] += seconds
+            yield torch.zeros(size, 3, 32, 32), torch.zeros(size, dtype=torch.long)
+
+    monkeypatch.setattr(bench, "build_loaders", lambda cfg, data: (batches(), None))
+    assert bench.loader_throughput(cfg, data, 8, batches=3, num_workers=0) == pytest.approx(21 / 3)  # 8 + 8 + 5
+
+
+def test_matmul_gflops_times_the_products_after_the_warm_up_and_counts_as_torch_does(monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    now, real_mm = [0.0], torch.mm
+
+    def mm(a, b):  # each product, the warm-up's too, takes 1 s by this clock
+        now[0] += 1.0
+        return real_mm(a, b)
+
+    with FlopCounterMode(display=False) as one:
+        real_mm(torch.zeros(64, 64), torch.zeros(64, 64))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(torch, "mm", mm)
+    # 3 timed products in 3 s: one product's operations (as torch's counter counts them) per second
+    assert bench.matmul_gflops(torch.device("cpu"), torch.float32, 64, 3) == pytest.approx(one.get_total_flops() / 1e9)
+
+
+def test_training_flops_are_the_forward_three_times_less_the_first_layers_input_gradient():
+    # Counted here from the layers' shapes: each convolution and the linear layer do 2 operations per
+    # multiply-add (weights per output x outputs); backward computes the gradients of the weights and of the
+    # inputs, each as much again, except the image's, which nothing asks for.
+    model, forward = CustomResNet(), []
+    for layer in model.modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            layer.register_forward_hook(lambda m, args, out: forward.append(2 * m.weight[0].numel() * out[0].numel()))
+    model(torch.zeros(1, 3, 32, 32))
+    assert len(forward) == 9 and sum(forward) == pytest.approx(0.7585e9, rel=1e-3)  # 0.76 GFLOP per image
+    assert bench.training_flops_per_image(make_config("best")) == 3 * sum(forward) - forward[0]
 
 
 def test_a_loader_of_one_batch_is_an_error_not_zero_images_per_second(data):

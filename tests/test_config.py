@@ -19,8 +19,8 @@ def test_overrides_replace_fields_and_none_keeps_the_presets_value():
     cfg = make_config("course", epochs=3, max_lr=None, seed=None)
     assert cfg.recipe == "course" and cfg.epochs == 3 and cfg.max_lr is None and cfg.seed == 1
     assert RECIPES["course"].epochs == 24  # the preset itself is untouched
-    with pytest.raises(UserError, match="unknown recipe 'fast'"):
-        make_config("fast")
+    with pytest.raises(UserError, match="unknown recipe 'fastest'"):
+        make_config("fastest")
     with pytest.raises(TypeError, match="lr_max"):
         make_config("best", lr_max=0.1)
 
@@ -31,3 +31,16 @@ def test_round_trip_through_json_keeps_every_field():
     assert again == cfg and isinstance(again.augment, AugmentConfig)
     # Fields a newer version no longer has are ignored, so old checkpoints still load.
     assert TrainConfig.from_dict({**cfg.to_dict(), "retired_field": 1}) == cfg
+
+
+def test_set_changes_any_recipe_field_for_an_ablation_and_refuses_what_is_not_one():
+    from cifar_s12.config import apply_settings
+
+    fast = make_config("fast")
+    cfg = apply_settings(fast, ["ema_decay=null", "augment.flip=random", "bn_bias_lr_scale=8", "tta_shift=2"])
+    assert (cfg.ema_decay, cfg.augment.flip, cfg.bn_bias_lr_scale, cfg.tta_shift) == (None, "random", 8, 2)
+    assert cfg.augment.cutout_p == fast.augment.cutout_p and cfg.epochs == fast.epochs  # the rest as it was
+    for bad, message in ((["foo=1"], "no recipe field 'foo'"), (["epochs=abc"], "epochs is a int"),
+                         (["recipe=best"], "no recipe field 'recipe'"), (["epochs"], "write FIELD=VALUE")):
+        with pytest.raises(UserError, match=message):
+            apply_settings(fast, bad)

@@ -134,23 +134,23 @@ def test_loader_batches(data):
     assert sizes and set(sizes) == {64}
 
 
-def test_each_loader_worker_has_its_own_seeded_augmentations():
+def test_an_images_augmentations_depend_on_seed_epoch_and_index_not_on_the_worker():
     from cifar_s12.transform import train_transform
 
-    # One image 64 times: any difference between samples is the augmentations'. Batch 0 comes from worker 0,
-    # batch 1 from worker 1 (the DataLoader deals batches out in turn).
+    # One image 64 times: any difference between samples is the augmentations'.
     same_image = ds.Split(np.repeat(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(1, 32, 32, 3), 64, 0),
                           np.zeros(64, np.int64))
 
-    def batches(seed):
-        loader = make_loader(CifarDataset(same_image, train_transform(seed=seed)), batch_size=32, train=True,
-                             num_workers=2, seed=seed)
-        return [x for x, _ in loader]
+    def epoch(workers: int, seed: int = 1, epoch: int = 0):
+        loader = make_loader(CifarDataset(same_image, train_transform(), seed=seed), batch_size=32, train=True,
+                             num_workers=workers, seed=seed)
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([x for x, _ in loader])
 
-    first, again, other = batches(seed=1), batches(seed=1), batches(seed=2)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))  # reproducible with workers, not only without
-    assert not torch.equal(first[0], first[1])  # the two workers do not repeat each other's crops and cutouts
-    assert not torch.equal(first[0], other[0])  # and another seed gives other augmentations
+    alone = epoch(workers=0)
+    assert torch.equal(alone, epoch(workers=2))  # two workers deal the batches out: the same tensors
+    assert not torch.equal(alone[:32], alone[32:])  # no two batches share their crops and cutouts
+    assert not torch.equal(alone, epoch(workers=0, seed=2)) and not torch.equal(alone, epoch(workers=0, epoch=1))
 
 
 def test_the_data_source_is_recorded_as_given(tiny_dir, monkeypatch):

@@ -66,9 +66,10 @@ def test_cli_lightning_writes_the_plain_trainers_outputs_and_lightnings_logs(tmp
     r = cli("train", "--trainer", "lightning", "--epochs", "1", *TINY_FLAGS, "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["trainer"] == "lightning" and 0 <= metrics["final_test_accuracy"] <= 1
+    assert metrics["trainer"] == "lightning" and metrics["final_test_accuracy"] == metrics["history"][-1]["test_acc"]
     assert [list(h) for h in metrics["history"]] == [  # the plain loop's columns, in its order
-        ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_second", "epoch_seconds"]]
+        ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_second", "epoch_seconds",
+         "grad_scale"]]
     row = metrics["history"][0]  # images/s is the epoch's training images over its training time
     assert row["images_per_second"] == pytest.approx(256 / row["epoch_seconds"], rel=1e-6)
     assert {"final_test_accuracy", "history", "lr_schedule", "wall_seconds", "config"} <= set(metrics)
@@ -87,26 +88,6 @@ def test_cli_lightning_writes_the_plain_trainers_outputs_and_lightnings_logs(tmp
     assert from_ckpt.classes == from_pt.classes and from_ckpt.model_name == "custom_resnet"
     pt_state = from_pt.model.state_dict()
     assert all(torch.equal(v, pt_state[k]) for k, v in from_ckpt.model.state_dict().items())
-
-
-def test_ddp_on_two_cpu_processes_writes_one_metrics_json(tmp_path):
-    out = tmp_path / "ddp"
-    r = cli("train", "--trainer", "lightning", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
-            "--epochs", "1", *TINY_FLAGS, "--out", out)
-    assert r.returncode == 0, r.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["device"].startswith("cpu x2") and len(metrics["history"]) == 1
-    assert r.stdout.count("final test accuracy") == 1  # only rank 0 reports
-    # Each process validates half of the 128 test images; the logged accuracy must be over all of them (synchronised).
-    # Checked against an independent pass of the saved model over the same 128 images (one image of slack for bf16
-    # rounding with other batch sizes).
-    from cifar_s12.analysis import predict_split
-    from cifar_s12.checkpoints import load_checkpoint
-    from cifar_s12.dataset import load_cifar10, subset
-
-    test = subset(load_cifar10(download=False), test=128).test
-    independent = predict_split(load_checkpoint(out / "model.pt"), test).accuracy
-    assert abs(metrics["final_test_accuracy"] - independent) <= 1 / 128 + 1e-9
 
 
 def test_resume_continues_the_onecycle_schedule_time_and_command(data, tmp_path, monkeypatch):
@@ -156,7 +137,8 @@ def test_found_max_lr_gives_the_run_of_that_lr_and_tta_is_the_mirrored_mean(data
 
 
 def test_resume_refuses_the_plain_trainers_model_pt(checkpoint):
-    with pytest.raises(UserError, match="not a Lightning checkpoint of this trainer; pass OUT/checkpoints/last.ckpt"):
+    with pytest.raises(UserError, match="not a Lightning checkpoint of this trainer; pass the folder of a "
+                                        "--trainer lightning run"):
         read_resume_checkpoint(checkpoint)
 
 

@@ -7,12 +7,13 @@ from test_cli import cli
 from cifar_s12.builders import build_loaders, load_data
 from cifar_s12.config import make_config
 from cifar_s12.errors import UserError
-from cifar_s12.lr_find import find_lr, range_tests, steepest_descent_lr
+from cifar_s12.compare import range_tests
+from cifar_s12.lr_find import find_lr, steepest_descent_lr
 from cifar_s12.model import CustomResNet
 from cifar_s12.runtime import Runtime
 
 
-def test_lr_finder_suggests_within_range_and_restores_the_model(data):
+def test_lr_finder_steps_exponentially_suggests_by_the_rule_and_restores_the_model(data):
     cfg = make_config("best", subset=256, batch_size=32, num_workers=0)
     runtime = Runtime.create("auto")
     loader, _ = build_loaders(cfg, load_data(cfg, data))
@@ -20,8 +21,10 @@ def test_lr_finder_suggests_within_range_and_restores_the_model(data):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = find_lr(model, loader, cfg, runtime, start_lr=1e-4, end_lr=1.0, num_iter=20)
     lrs = result.lrs
-    assert 2 <= len(lrs) == len(result.losses) <= 20 and all(a < b for a, b in zip(lrs, lrs[1:]))  # rising LRs
-    assert 1e-4 <= lrs[0] and lrs[-1] <= 1.0 and result.suggested_lr in lrs  # one of the LRs it tried
+    # 20 exponential steps from 1e-4 to 1.0 (x10 every 4.75 steps), or the first of them if the loss diverged
+    assert 2 <= len(lrs) == len(result.losses) <= 20
+    assert lrs == pytest.approx([1e-4 * 10 ** (4 * i / 19) for i in range(len(lrs))], rel=1e-9)
+    assert result.suggested_lr == steepest_descent_lr(lrs, result.losses)  # the rule, on this curve
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

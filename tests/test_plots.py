@@ -8,7 +8,7 @@ from cifar_s12.dataset import CLASSES
 from cifar_s12.plots import (cam_overlay, plot_augmented, plot_confusion_matrix, plot_curves, plot_gradcam,
                              plot_lr_finder, plot_misclassified, plot_per_class_accuracy, plot_samples, save_figure,
                              to_display)
-from cifar_s12.transform import AugmentConfig, train_transform
+from cifar_s12.transform import CIFAR10_MEAN, AugmentConfig, train_transform
 from cifar_s12.transform import test_transform as eval_transform
 
 RNG = np.random.default_rng(0)
@@ -34,12 +34,19 @@ def test_to_display_undoes_the_normalisation():
 def test_sample_and_augmentation_grids(tmp_path):
     fig = plot_samples(IMAGES, LABELS, CLASSES, ncols=6)
     assert image_tiles(fig) == 12 and [ax.get_title() for ax in fig.axes[:3]] == ["airplane", "automobile", "bird"]
+    assert np.array_equal(fig.axes[1].images[0].get_array(), IMAGES[1])  # the image itself, in its tile
     saved_png(fig, tmp_path / "samples.png")
-    transform = train_transform(AugmentConfig(cutout_p=1.0), seed=0)
+    # Cutout alone (no crop, no flip): each tile is its image, de-normalised, with one 8x8 hole of the mean colour.
+    transform = train_transform(AugmentConfig(pad=0, flip_p=0, cutout_p=1.0), seed=0)
     fig = plot_augmented(IMAGES, LABELS, CLASSES, transform, ncols=6)
     assert image_tiles(fig) == 12
-    shown = fig.axes[0].images[0].get_array()
-    assert shown.shape == (32, 32, 3) and not np.array_equal(shown, IMAGES[0])  # cropped, holed: not the original
+    mean_pixel = np.round(np.array(CIFAR10_MEAN) * 255)
+    for ax, image in zip(fig.axes, IMAGES):
+        shown = ax.images[0].get_array().astype(int)
+        changed = (np.abs(shown - image) > 1).any(axis=2)
+        rows, cols = np.nonzero(changed)
+        assert changed.sum() == 64 and np.ptp(rows) == np.ptp(cols) == 7  # one 8x8 square, the rest as it was
+        assert (np.abs(shown[changed] - mean_pixel) <= 1).all()
     saved_png(fig, tmp_path / "augmented.png")
 
 
@@ -59,27 +66,39 @@ def test_gradcam_figure_has_three_tiles_per_image(tmp_path):
     saved_png(fig, tmp_path / "gradcam.png")
 
 
-def test_cam_overlay_opacity_is_the_heatmaps_share():
-    cams = RNG.random((1, 32, 32)).astype(np.float32)[[0, 0]]  # one map over two different images
-    overlay = cam_overlay(IMAGES[:2], cams, opacity=0.5)
-    assert overlay.shape == (2, 32, 32, 3) and overlay.dtype == np.uint8
-    assert not np.array_equal(overlay[0], overlay[1])  # half image, half heatmap
+def test_cam_overlay_shows_the_maps_hot_spot_in_red_and_opacity_is_the_heatmaps_share():
+    cams = np.zeros((2, 32, 32), np.float32)
+    cams[:, 5, 20] = 1.0  # one hot pixel (row 5, column 20), the same map over two different images
     only_heatmap, only_image = cam_overlay(IMAGES[:2], cams, opacity=1), cam_overlay(IMAGES[:2], cams, opacity=0)
-    assert np.array_equal(only_heatmap[0], only_heatmap[1])
+    assert only_heatmap.shape == (2, 32, 32, 3) and only_heatmap.dtype == np.uint8
+    assert np.array_equal(only_heatmap[0], only_heatmap[1])  # the images do not show
+    hot = np.zeros((32, 32), bool)
+    hot[5, 20] = True
+    assert (only_heatmap[0][hot] == [255, 0, 0]).all() and (only_heatmap[0][~hot] == [0, 0, 255]).all()  # jet
     assert np.array_equal(only_image, IMAGES[:2])  # (each test image has a 255 somewhere: no rescaling)
+    grey = np.full((1, 32, 32, 3), 128, np.uint8)
+    half = cam_overlay(grey, cams[:1], opacity=0.5)[0].astype(int)  # half heatmap, half image: grey tinted
+    assert (np.abs(half[5, 20] - [255, 128, 128]) <= 1).all() and (np.abs(half[0, 0] - [128, 128, 255]) <= 1).all()
     with pytest.raises(ValueError, match="opacity"):
         cam_overlay(IMAGES[:2], cams, opacity=1.5)
 
 
 def test_confusion_matrix_and_per_class_figures(tmp_path):
     confusion = np.diag(np.full(10, 8)) + 1
+    confusion[0, 3] = 7  # 7 airplanes taken for cats (row: true class, column: predicted)
     fig = plot_confusion_matrix(confusion, CLASSES)
     heatmaps = [ax for ax in fig.axes if ax.images]
-    assert len(heatmaps) == 1 and len(heatmaps[0].texts) == 100 and "180 test images" in heatmaps[0].get_title()
+    assert len(heatmaps) == 1 and "186 test images" in heatmaps[0].get_title()
+    ax = heatmaps[0]
+    cells = {tuple(int(v) for v in text.get_position()): text.get_text() for text in ax.texts}  # (column, row)
+    assert len(cells) == 100 and cells[(3, 0)] == "7" and cells[(0, 3)] == "1" and cells[(4, 4)] == "9"
+    assert ax.images[0].get_array()[0, 3] == pytest.approx(7 / 24)  # shaded by its share of the true class
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(CLASSES)
     saved_png(fig, tmp_path / "confusion.png")
-    rows = [{"class": c, "correct": 9, "total": 10, "accuracy": 0.9} for c in CLASSES]
+    rows = [{"class": c, "correct": i, "total": 10, "accuracy": i / 10} for i, c in enumerate(CLASSES)]
     fig = plot_per_class_accuracy(rows)
-    assert len(fig.axes[0].patches) == 10
+    assert [bar.get_height() for bar in fig.axes[0].patches] == [i / 10 for i in range(10)]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(CLASSES)
     saved_png(fig, tmp_path / "per_class.png")
 
 

@@ -1,4 +1,6 @@
 """Device and precision: which autocast dtype each machine gets, and Runtime applying it."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -25,14 +27,23 @@ def test_precision_choice_on_cpu(monkeypatch):
         lightning_precision(cpu, "fp16")
 
 
-def test_precision_choice_on_cuda_does_not_count_emulated_bf16(monkeypatch):
+@pytest.mark.parametrize("gpu, capability, expected", [("Tesla T4", (7, 5), torch.float16),
+                                                     ("A100", (8, 0), torch.bfloat16),
+                                                     ("H100", (9, 0), torch.bfloat16)])
+def test_precision_choice_on_cuda_does_not_count_emulated_bf16(monkeypatch, gpu, capability, expected):
+    # The GPU as torch sees it: its compute capability, and bf16 tensors that can be made on it (on a T4, in
+    # emulation). torch's own is_bf16_supported decides from these, as it would on that GPU.
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(
+        name=gpu, major=capability[0], minor=capability[1]))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    assert torch.cuda.is_bf16_supported()  # by torch's default question every one of them "supports" bf16 ...
     cuda = torch.device("cuda")
-    # A T4 (compute capability 7.5) "supports" bf16 only through emulation.
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert autocast_dtype(cuda, "auto") == torch.float16
-    assert lightning_precision(cuda, "auto") == "16-mixed"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere and later
-    assert autocast_dtype(cuda, "auto") == torch.bfloat16
+    assert autocast_dtype(cuda, "auto") == expected  # ... but a T4 computes it in emulation: fp16 there
+    assert lightning_precision(cuda, "auto") == {torch.float16: "16-mixed", torch.bfloat16: "bf16-mixed"}[expected]
+    assert autocast_dtype(cuda, "bf16") == torch.bfloat16 and autocast_dtype(cuda, "fp16") == torch.float16
 
 
 def test_mixed_precision_goes_with_channels_last_and_fp32_logits():

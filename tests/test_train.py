@@ -76,3 +76,26 @@ def test_ctrl_c_between_the_two_writes_waits_until_both_are_written(data, tmp_pa
         fit(cfg, out_dir=tmp_path, data=data, log=lambda *_: None)
     assert torch.load(tmp_path / "model.pt", weights_only=False)["epoch"] == 2
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs_completed"] == 2
+
+
+@pytest.mark.parametrize("trainer", ["torch", "lightning"])
+def test_fp16_autocast_with_the_grad_scaler_trains_on_the_cpu_too(trainer, data, tmp_path, monkeypatch):
+    """fp16 is Colab's T4 path. Switched on here for the CPU (users get a refusal there): one short epoch, finite
+    losses, the scaler's scale recorded, and the same OneCycle steps as bf16 (a step the scaler skips for
+    overflowing gradients still steps the schedule)."""
+    import cifar_s12.runtime as runtime
+    from cifar_s12.errors import UserError
+    from cifar_s12.lit import fit_lightning
+
+    cfg = make_config("best", epochs=1, subset=64, test_subset=32, batch_size=32, max_lr=0.1, num_workers=0,
+                      precision="fp16")  # small: fp16 on a CPU is computed the slow way
+    with pytest.raises(UserError, match="--precision fp16 is for GPUs"):
+        runtime.Runtime.create("fp16", "cpu")
+    monkeypatch.setattr(runtime, "ALLOW_CPU_FP16", True)
+    fit_trainer = fit if trainer == "torch" else fit_lightning
+    m = fit_trainer(cfg, tmp_path, data=data, log=lambda *_: None).metrics
+    row = m["history"][0]
+    assert np.isfinite([row["train_loss"], row["test_loss"]]).all()
+    assert row["grad_scale"] is not None and 0 < row["grad_scale"] <= 2.0**16  # starts at 2**16, halves on overflow
+    # The plan every precision follows (bf16's and fp32's runs are checked against it elsewhere).
+    assert ("16" in m["device"]) and m["lr_schedule"] == pytest.approx(planned_lrs(cfg, 0.1, 64 // 32))

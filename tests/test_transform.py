@@ -42,19 +42,30 @@ def test_cutout_hole_of_a_mean_image_is_invisible():
     assert x.abs().max() < 0.01  # mean-valued pixels, padding and hole all normalise to ~0
 
 
-def test_crop_moves_the_image_and_flip_mirrors_it():
-    ramp = np.tile(np.arange(32, dtype=np.uint8)[None, :, None] * 8, (32, 1, 3))
+def test_crop_shifts_the_reflect_padded_image_and_flip_mirrors_it():
+    idx = np.arange(32, dtype=np.uint8) * 8
+    ramps = np.zeros((32, 32, 3), np.uint8)
+    ramps[..., 0], ramps[..., 1] = idx[None, :], idx[:, None]  # red says the column, green the row
+    plain = eval_transform()(image=ramps)["image"]
+    # pad 4 by reflecting the edge (reflect-101: ... 2 1 | 0 1 2 ... 30 31 | 30 29 ...), then crop 32x32 at (dy, dx)
+    padded = np.abs(np.arange(-4, 36))
+    padded = np.where(padded > 31, 62 - padded, padded)
     crop = train_transform(AugmentConfig(flip_p=0, cutout_p=0), seed=1)
-    outs = [crop(image=ramp)["image"] for _ in range(10)]
-    assert any(not torch.equal(o, outs[0]) for o in outs)
+    shifts = set()
+    for _ in range(10):
+        out = crop(image=ramps)["image"]
+        found = [(dy, dx) for dy in range(9) for dx in range(9)
+                 if torch.equal(out, plain[:, padded[dy:dy + 32]][:, :, padded[dx:dx + 32]])]
+        assert len(found) == 1, found  # each crop is one window of the reflect-padded image, no other pixels
+        shifts.add(found[0])
+    assert len(shifts) >= 5  # random windows; each but the centre one (4, 4) shows reflected rows or columns
     flip = train_transform(AugmentConfig(pad=0, flip_p=1.0, cutout_p=0))
-    plain = eval_transform()(image=ramp)["image"]
-    assert torch.equal(flip(image=ramp)["image"], torch.flip(plain, dims=[2]))
+    assert torch.equal(flip(image=ramps)["image"], torch.flip(plain, dims=[2]))
 
 
-@pytest.mark.parametrize("seed", [0, 7])
-def test_seeded_pipelines_repeat(seed):
+def test_seeded_pipelines_repeat_and_other_seeds_draw_otherwise():
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    a, b = train_transform(seed=seed), train_transform(seed=seed)
-    for _ in range(3):
-        assert torch.equal(a(image=image)["image"], b(image=image)["image"])
+    a, b, other = train_transform(seed=0), train_transform(seed=0), train_transform(seed=7)
+    draws = [(a(image=image)["image"], b(image=image)["image"], other(image=image)["image"]) for _ in range(3)]
+    assert all(torch.equal(x, y) for x, y, _ in draws)
+    assert not all(torch.equal(x, z) for x, _, z in draws)

@@ -1,0 +1,217 @@
+"""Stopping and resuming is a non-event: both trainers, with and without loader workers, and under DDP, continue a
+run exactly as if it had never stopped (the data order, the augmentations, dropout, the optimizer, OneCycle)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_cli import cli_process
+
+import cifar_s12.train as train
+from cifar_s12.builders import build_loaders
+from cifar_s12.checkpoints import load_checkpoint
+from cifar_s12.config import make_config
+from cifar_s12.dataset import CifarData, Split
+from cifar_s12.errors import UserError
+from cifar_s12.lit import fit_lightning
+from cifar_s12.run_folder import RunFolder
+
+REPO = Path(__file__).resolve().parent.parent
+QUIET = dict(log=lambda *_: None)
+
+
+def recipe(workers: int):
+    # fp32 on the CPU: the same kernels on every machine. Dropout: the step itself draws random numbers too.
+    return make_config("best", epochs=3, subset=128, test_subset=64, batch_size=32, max_lr=0.1, precision="fp32",
+                       dropout=0.1, num_workers=workers)
+
+
+FITS = {"torch": train.fit, "lightning": fit_lightning}
+
+
+def assert_same_run(a: RunFolder, b: RunFolder) -> None:
+    """Per-epoch losses to 1e-6 (relative), the LR of every step, and the final weights."""
+    ha, hb = (json.loads(f.metrics.read_text()) for f in (a, b))
+    assert [h["epoch"] for h in hb["history"]] == [h["epoch"] for h in ha["history"]]
+    for key in ("train_loss", "test_loss", "train_acc", "test_acc"):
+        np.testing.assert_allclose([h[key] for h in hb["history"]], [h[key] for h in ha["history"]], rtol=1e-6)
+    np.testing.assert_allclose(hb["lr_schedule"], ha["lr_schedule"], rtol=1e-12)
+    wa, wb = (load_checkpoint(f.model).model.state_dict() for f in (a, b))
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data):
+    """The uninterrupted 3-epoch runs, made once per (trainer, workers)."""
+    runs = {}
+
+    def run(trainer: str, workers: int) -> RunFolder:
+        if (trainer, workers) not in runs:
+            folder = RunFolder(tmp_path_factory.mktemp(f"{trainer}-{workers}"))
+            FITS[trainer](recipe(workers), folder.root, data=data, **QUIET)
+            runs[trainer, workers] = folder
+        return runs[trainer, workers]
+    return run
+
+
+@pytest.mark.parametrize("trainer, workers", [("torch", 0), ("torch", 2), ("lightning", 2)])
+def test_one_epoch_then_resume_for_two_is_the_uninterrupted_run(straight, data, tmp_path, trainer, workers):
+    folder = RunFolder(tmp_path)
+    first = FITS[trainer](recipe(workers), tmp_path, data=data, stop_after=1, **QUIET).metrics
+    assert first["epochs_completed"] == 1 and "final_test_accuracy_tta" not in first
+    resumed = FITS[trainer](recipe(workers), tmp_path, data=data, resume=tmp_path, **QUIET).metrics
+    assert resumed["epochs_completed"] == 3
+    assert_same_run(straight(trainer, workers), folder)
+    # The last step leaves the annealed LR in the optimizer (OneCycle is not stepped past its plan, where linear
+    # annealing goes below 0), and the history's last LR is that one.
+    assert 0 < resumed["history"][-1]["lr"] < 1e-5
+    if trainer == "torch":
+        state = torch.load(folder.train_state, weights_only=True)
+        assert state["training"]["optimizer"]["param_groups"][0]["lr"] == resumed["history"][-1]["lr"]
+    with pytest.raises(UserError, match=r"finished run \(3 of 3 epochs\)"):
+        FITS[trainer](recipe(workers), tmp_path, data=data, resume=tmp_path, **QUIET)
+
+
+def test_the_number_of_loader_workers_does_not_change_the_run(straight):
+    assert_same_run(straight("torch", 0), straight("torch", 2))
+    assert_same_run(straight("torch", 2), straight("lightning", 2))  # and both trainers make the same run
+
+
+def test_a_crash_after_the_checkpoint_resumes_from_the_checkpoint(straight, data, tmp_path, monkeypatch):
+    """kill -9 after epoch 2's checkpoints/last.pt but before its metrics.json: the resume starts from last.pt
+    (epoch 3), and the result is still the uninterrupted run."""
+    real_write = train.write_json
+
+    def crash_at_epoch_2(path, metrics):
+        if metrics["epochs_completed"] == 2:
+            raise SystemExit("killed")  # nothing after this line of save_outputs runs, as with kill -9
+        real_write(path, metrics)
+
+    monkeypatch.setattr(train, "write_json", crash_at_epoch_2)
+    with pytest.raises(SystemExit):
+        train.fit(recipe(0), tmp_path, data=data, **QUIET)
+    monkeypatch.undo()
+    folder = RunFolder(tmp_path)
+    assert json.loads(folder.metrics.read_text())["epochs_completed"] == 1  # one behind the checkpoint
+    assert torch.load(folder.train_state, weights_only=True)["epoch"] == 2
+    train.fit(recipe(0), tmp_path, data=data, resume=folder.train_state, **QUIET)
+    assert_same_run(straight("torch", 0), folder)
+
+
+def test_resume_names_the_other_trainer_and_refuses_a_weights_only_file(straight, checkpoint, tmp_path):
+    with pytest.raises(UserError, match="it is a run of the Lightning trainer, resume it with --trainer lightning"):
+        train.fit(recipe(2), resume=straight("lightning", 2).root, **QUIET)
+    with pytest.raises(UserError, match="a model.pt holds weights only"):
+        train.fit(recipe(0), resume=checkpoint, **QUIET)
+    with pytest.raises(UserError, match="has no checkpoints/last.pt to continue"):
+        train.fit(recipe(0), resume=tmp_path, **QUIET)
+
+
+def identical_images(n: int = 128) -> CifarData:
+    """One image n times: any difference between two training samples is their augmentations'."""
+    image = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(1, 32, 32, 3)
+    split = Split(np.repeat(image, n, 0), np.arange(n, dtype=np.int64) % 10)
+    return CifarData(split, Split(split.images[:32], split.labels[:32]), "generated", tuple("abcdefghij"))
+
+
+def test_each_epoch_draws_its_own_order_and_augmentations_from_the_seed_alone():
+    data = identical_images()
+
+    def epoch(e: int, seed: int = 1):
+        loader = build_loaders(make_config("best", batch_size=32, num_workers=0, seed=seed), data)[0]
+        loader.sampler.set_epoch(e)
+        return torch.cat([x for x, _ in loader]), [i for _, i in loader.sampler]
+
+    (x0, order0), (x1, order1) = epoch(0), epoch(1)
+    assert sorted(order0) == list(range(128)) and order0 != order1  # every image once, a new order each epoch
+    again, _ = epoch(1)
+    assert torch.equal(x1, again)  # epoch 1 made afresh (as after a resume) is epoch 1
+    assert not torch.equal(epoch(1, seed=2)[0], x1)
+    assert len({x.numpy().tobytes() for x in x0}) > 120  # the same image, augmented differently each time
+
+
+DDP_SCRIPT = """
+import hashlib, json, os, sys
+import cifar_s12.dataset as dataset
+from cifar_s12.config import make_config
+from cifar_s12.lit import fit_lightning
+sys.path.insert(0, {tests!r})
+from test_resume import identical_images
+
+rank = int(os.environ.get("LOCAL_RANK", 0))
+seen = {{"indices": [], "samples": []}}
+get_item = dataset.CifarDataset.__getitem__
+
+def recording_get_item(self, key):
+    x, y = get_item(self, key)
+    if isinstance(key, tuple) and key[0] == 0:  # epoch 1's training images
+        seen["indices"].append(key[1])
+        seen["samples"].append(hashlib.sha1(x.numpy().tobytes()).hexdigest())
+    return x, y
+
+dataset.CifarDataset.__getitem__ = recording_get_item
+cfg = make_config("best", epochs=1, batch_size=32, max_lr=0.1, precision="fp32", num_workers=0)
+fit_lightning(cfg, sys.argv[1], data=identical_images(), devices=2, strategy="ddp", accelerator="cpu",
+              log=lambda *_: None)
+with open(os.path.join(sys.argv[1], f"rank{{rank}}.json"), "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def test_ddp_processes_share_out_the_images_and_draw_their_own_augmentations(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(REPO / "tests")))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    first, second = (r["indices"] for r in ranks)
+    assert len(first) == len(second) == 64 and sorted(first + second) == list(range(128))  # each image once
+    # The k-th image of each process gets other augmentations (the same image everywhere, so only they differ).
+    same = sum(a == b for a, b in zip(*(r["samples"] for r in ranks)))
+    assert same == 0, f"{same} of 64 samples augmented alike in both processes"
+
+
+def test_ddp_run_stopped_and_resumed_from_the_command_line_equals_the_uninterrupted_run(tmp_path):
+    flags = ["--trainer", "lightning", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--epochs", "2",
+             "--subset", "256", "--test-subset", "64", "--batch-size", "32", "--max-lr", "0.1", "--precision",
+             "fp32", "--dropout", "0.1"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    for args in ([*flags, "--out", whole], [*flags, "--out", part, "--stop-after", "1"]):
+        r = cli_process("train", *args)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert "stopped after epoch 1 of 2" in r.stdout
+    r = cli_process("train", "--trainer", "lightning", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
+            "--resume", part)  # no --out: the run continues in its own folder
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("final test accuracy") == 1  # only rank 0 reports
+    assert_same_run(RunFolder(whole), RunFolder(part))
+    # Each process validates half of the 64 test images; the logged accuracy is over all of them (synchronised),
+    # as an independent pass of the saved model finds.
+    from cifar_s12.analysis import predict_split
+    from cifar_s12.dataset import load_cifar10, subset
+
+    metrics = json.loads(RunFolder(whole).metrics.read_text())
+    assert metrics["device"].startswith("cpu x2")
+    test = subset(load_cifar10(download=False), test=64).test
+    independent = predict_split(load_checkpoint(RunFolder(whole).model), test).accuracy
+    assert metrics["final_test_accuracy"] == pytest.approx(independent, abs=1 / 64 + 1e-9)  # one image: rounding
+
+
+def test_the_fast_recipes_parts_make_the_same_run_in_both_trainers_and_resume_exactly(data, tmp_path):
+    """EMA (kept in the checkpoints, evaluated and saved), alternating flips, shifted TTA, and the optional parts
+    (identity init, BatchNorm parameter groups): plain 3 epochs straight = Lightning 1 + resume for 2."""
+    cfg = make_config("fast", epochs=3, subset=128, test_subset=64, batch_size=32, max_lr=0.1, precision="fp32",
+                      num_workers=0, dirac_init=True, bn_weight_frozen=True, bn_bias_lr_scale=8.0)
+    plain = train.fit(cfg, tmp_path / "torch", data=data, **QUIET).metrics
+    fit_lightning(cfg, tmp_path / "lit", data=data, stop_after=1, **QUIET)
+    lit = fit_lightning(cfg, tmp_path / "lit", data=data, resume=tmp_path / "lit", **QUIET).metrics
+    assert_same_run(RunFolder(tmp_path / "torch"), RunFolder(tmp_path / "lit"))
+    assert lit["final_test_accuracy_tta"] == plain["final_test_accuracy_tta"]
