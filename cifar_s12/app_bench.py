@@ -66,7 +66,10 @@ def running_app(command: list[str], env: dict | None = None, cwd: str | None = N
                 log.seek(0)
                 tail = " | ".join(line.strip() for line in log.read().splitlines()[-3:])
                 raise UserError(f"{err}: {tail}") from None
-            yield url, client
+            try:
+                yield url, client
+            finally:
+                client.close()  # its open result stream would hold the server's graceful shutdown up
         finally:
             process.send_signal(signal.SIGINT)  # Gradio's own shutdown: its cache of the run's files is cleared
             try:

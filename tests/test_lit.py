@@ -122,7 +122,7 @@ def test_resume_continues_the_onecycle_schedule_time_and_command(data, tmp_path,
 
 def test_found_max_lr_gives_the_run_of_that_lr_and_tta_is_the_mirrored_mean(data, tmp_path):
     # fp32: the TTA accuracy is recomputed exactly below
-    base = make_config("best", epochs=1, subset=256, test_subset=100, batch_size=32, num_workers=0, precision="fp32")
+    base = make_config("best", epochs=1, subset=128, test_subset=64, batch_size=32, num_workers=0, precision="fp32")
     found_run = fit_lightning(replace(base, max_lr=None, tta=True), tmp_path / "find", data=data, log=lambda *_: None)
     found = found_run.lr_find.suggested_lr
     assert found_run.metrics["config"]["max_lr"] == found

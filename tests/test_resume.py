@@ -27,7 +27,7 @@ QUIET = dict(log=lambda *_: None)
 
 def recipe(workers: int):
     # fp32 on the CPU: the same kernels on every machine. Dropout: the step itself draws random numbers too.
-    return make_config("best", epochs=3, subset=128, test_subset=64, batch_size=32, max_lr=0.1, precision="fp32",
+    return make_config("best", epochs=3, subset=64, test_subset=32, batch_size=16, max_lr=0.1, precision="fp32",
                        dropout=0.1, num_workers=workers)
 
 
@@ -181,7 +181,7 @@ def test_ddp_processes_share_out_the_images_and_draw_their_own_augmentations(tmp
 
 def test_ddp_run_stopped_and_resumed_from_the_command_line_equals_the_uninterrupted_run(tmp_path):
     flags = ["--trainer", "lightning", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--epochs", "2",
-             "--subset", "256", "--test-subset", "64", "--batch-size", "32", "--max-lr", "0.1", "--precision",
+             "--subset", "128", "--test-subset", "32", "--batch-size", "16", "--max-lr", "0.1", "--precision",
              "fp32", "--dropout", "0.1"]
     whole, part = tmp_path / "whole", tmp_path / "part"
     for args in ([*flags, "--out", whole], [*flags, "--out", part, "--stop-after", "1"]):
@@ -193,22 +193,22 @@ def test_ddp_run_stopped_and_resumed_from_the_command_line_equals_the_uninterrup
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("final test accuracy") == 1  # only rank 0 reports
     assert_same_run(RunFolder(whole), RunFolder(part))
-    # Each process validates half of the 64 test images; the logged accuracy is over all of them (synchronised),
+    # Each process validates half of the 32 test images; the logged accuracy is over all of them (synchronised),
     # as an independent pass of the saved model finds.
     from cifar_s12.analysis import predict_split
     from cifar_s12.dataset import load_cifar10, subset
 
     metrics = json.loads(RunFolder(whole).metrics.read_text())
     assert metrics["device"].startswith("cpu x2")
-    test = subset(load_cifar10(download=False), test=64).test
+    test = subset(load_cifar10(download=False), test=32).test
     independent = predict_split(load_checkpoint(RunFolder(whole).model), test).accuracy
-    assert metrics["final_test_accuracy"] == pytest.approx(independent, abs=1 / 64 + 1e-9)  # one image: rounding
+    assert metrics["final_test_accuracy"] == pytest.approx(independent, abs=1 / 32 + 1e-9)  # one image: rounding
 
 
 def test_the_fast_recipes_parts_make_the_same_run_in_both_trainers_and_resume_exactly(data, tmp_path):
     """EMA (kept in the checkpoints, evaluated and saved), alternating flips, shifted TTA, and the optional parts
     (identity init, BatchNorm parameter groups): plain 3 epochs straight = Lightning 1 + resume for 2."""
-    cfg = make_config("fast", epochs=3, subset=128, test_subset=64, batch_size=32, max_lr=0.1, precision="fp32",
+    cfg = make_config("fast", epochs=3, subset=64, test_subset=32, batch_size=16, max_lr=0.1, precision="fp32",
                       num_workers=0, dirac_init=True, bn_weight_frozen=True, bn_bias_lr_scale=8.0)
     plain = train.fit(cfg, tmp_path / "torch", data=data, **QUIET).metrics
     fit_lightning(cfg, tmp_path / "lit", data=data, stop_after=1, **QUIET)
