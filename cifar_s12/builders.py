@@ -45,15 +45,25 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None)
     raise UserError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adam")
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The moving average's decay after ``updates`` updates: ramped up as (1 + n) / (10 + n) to ``decay``, so early
+    on it follows the weights closely. (At a fixed 0.99 from the first step, epoch 1's average still leans on the
+    random initial weights, and the network it makes predicts no better than chance.)"""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
 def build_ema(model: nn.Module, cfg: TrainConfig):
     """The recipe's moving average of ``model`` (torch's AveragedModel, BatchNorm statistics averaged too), or
     None. The trainers call ``update_parameters(model)`` after every optimizer step and evaluate and save its
     ``module``: late in a short run it averages out the last steps' noise."""
     if cfg.ema_decay is None:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    def average(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        return averaged + (current - averaged) * (1 - ema_decay_at(cfg.ema_decay, int(updates)))
+
+    return AveragedModel(model, avg_fn=average, use_buffers=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_lr: float,

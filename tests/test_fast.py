@@ -57,16 +57,19 @@ def test_dirac_init_makes_a_square_convolution_the_identity():
     assert not torch.allclose(same(x), x, atol=1e-2)
 
 
-def test_the_moving_average_trails_the_weights_by_its_decay():
+def test_the_moving_average_trails_the_weights_by_its_ramped_decay():
     model = nn.Linear(2, 1, bias=False)
     ema = build_ema(model, make_config("best", ema_decay=0.9))
     assert build_ema(model, RECIPES["best"]) is None
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-        ema.update_parameters(model)  # the first update copies
-        model.weight.fill_(2.0)
+    expected = None
+    for step in range(200):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
         ema.update_parameters(model)
-    assert ema.module.weight.flatten().tolist() == pytest.approx([0.9 * 1.0 + 0.1 * 2.0] * 2)
+        d = min(0.9, (1 + step) / (10 + step))  # after `step` updates; the first update copies
+        expected = float(step) if expected is None else d * expected + (1 - d) * step
+        assert ema.module.weight.flatten().tolist() == pytest.approx([expected] * 2)
+    assert 200 - 1 - expected == pytest.approx(0.9 / 0.1, rel=0.01)  # at 0.9 it lags a ramp by 9 steps
 
 
 def test_alternating_flips_show_each_image_mirrored_in_one_of_two_epochs():
