@@ -6,7 +6,7 @@ one), so the clients' Python does not share the server's interpreter. Each reque
 trip a user's browser makes: the upload, the queue, the model, GradCAM, and the results' download. The default
 client speaks Gradio's REST API over one kept-alive connection, as a browser tab does; ``via="gradio_client"``
 measures the same requests through gradio_client, whose own work (threads, a session stream, temporary copies
-of the results) adds about 150 ms a request on a 2-core CPU: that is the client's cost, not the app's.
+of the results) adds about 170 ms a request on a 2-core CPU: that is the client's cost, not the app's.
 """
 from __future__ import annotations
 

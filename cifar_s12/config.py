@@ -124,8 +124,13 @@ def apply_settings(cfg: TrainConfig, settings: list[str]) -> TrainConfig:
     return cfg
 
 
-def resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
+def resume_config(saved: dict, cfg: TrainConfig, epochs_done: int, checkpoint) -> TrainConfig:
     """A resumed run keeps the checkpoint's recipe (``saved``, so the OneCycle plan is the same); only where the
-    data is and how it is loaded come from the new command line (``cfg``)."""
+    data is and how it is loaded come from the new command line (``cfg``). A finished run is refused (both
+    trainers: nothing to resume)."""
+    epochs = saved.get("epochs")
+    if epochs_done and epochs_done == epochs:
+        raise UserError(f"--resume: {checkpoint} is the end of a finished run ({epochs_done} of {epochs} epochs); "
+                        f"nothing to do")
     return dataclasses.replace(TrainConfig.from_dict(saved), data_dir=cfg.data_dir, download=cfg.download,
                                num_workers=cfg.num_workers)

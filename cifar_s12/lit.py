@@ -349,9 +349,6 @@ def read_resume_checkpoint(path: str | os.PathLike) -> dict:
         raise UserError(f"--resume: {path} is not a Lightning checkpoint of this trainer; pass the folder of a "
                         f"--trainer lightning run (it holds checkpoints/last.ckpt)")
     done = len(ckpt.get("callbacks", {}).get(EpochHistory.__qualname__, {}).get("history", []))
-    epochs = hparams["config"].get("epochs")
-    if done and done == epochs:
-        raise UserError(f"--resume: {path} is the end of a finished run ({done} of {epochs} epochs); nothing to do")
     return {**hparams, "epochs_done": done}
 
 
@@ -427,7 +424,7 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     if resume is not None:
         resume = resume_file(resume, "lightning")
         saved = read_resume_checkpoint(resume)
-        cfg = resume_config(saved["config"], cfg)
+        cfg = resume_config(saved["config"], cfg, saved["epochs_done"], resume)
     folder = RunFolder(out_dir)
 
     def run_metrics(trainer: pl.Trainer, module: CifarLitModule) -> dict:

@@ -119,13 +119,11 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
     done, keeping the OneCycle plan of ``cfg.epochs`` (continue later with ``resume``).
     """
     wall_start = time.perf_counter()
-    state = read_train_state(resume_file(resume, "torch")) if resume is not None else None
-    if state is not None:
-        cfg = resume_config(state["config"], cfg)
-        done = state["training"]["metrics"].get("epochs_completed")
-        if done == cfg.epochs:
-            raise UserError(f"--resume: {resume} is the end of a finished run ({done} of {cfg.epochs} epochs); "
-                            f"nothing to do")
+    state = None
+    if resume is not None:
+        checkpoint = resume_file(resume, "torch")
+        state = read_train_state(checkpoint)
+        cfg = resume_config(state["config"], cfg, state["training"]["metrics"].get("epochs_completed"), checkpoint)
     seed_everything(cfg.seed)
     runtime = runtime or Runtime.create(cfg.precision)
     data = load_data(cfg, data)
