@@ -9,12 +9,11 @@ import dataclasses
 import math
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
 from .app_bench import CLIENTS
-from .config import RECIPES, TrainConfig, apply_settings, make_config
+from .config import LOADING_FIELDS, RECIPES, TrainConfig, apply_settings, make_config
 from .errors import UserError
 from .model import MODELS
 from .runtime import PRECISIONS
@@ -110,15 +109,19 @@ def _check_trainer_flags(args: argparse.Namespace) -> None:
         raise UserError("--fast-dev-run checks a new run's setup; it cannot be combined with --resume")
     if args.resume:
         # A resumed run continues the checkpoint's recipe and OneCycle plan; only where the data is may change.
-        kept = {"recipe", "data_dir", "download", "num_workers"}
-        recipe_flags = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
-                        if f.name not in kept and getattr(args, f.name, None) not in (None, False)]
-        recipe_flags += [flag for flag, on in (("--max-lr", args.max_lr), ("--find-lr", args.find_lr),
-                                               ("--lr-finder", args.lr_finder), ("--set", args.settings)) if on]
-        if recipe_flags or args.recipe != "best":
-            raise UserError(f"--resume continues the checkpoint's recipe; drop {', '.join(recipe_flags) or '--recipe'}")
+        _refuse_recipe_flags(args, "--resume continues the checkpoint's recipe")
     elif args.lr_finder and _config(args).max_lr is not None:  # the course recipe runs a range test by itself
         raise UserError("--lr-finder chooses the LR range test, and this run has a fixed max LR: pass --find-lr too")
+
+
+def _refuse_recipe_flags(args: argparse.Namespace, why: str) -> None:
+    """For a command that takes its recipe from a run already made: any recipe flag given is an error."""
+    given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
+             if f.name not in {"recipe", *LOADING_FIELDS} and getattr(args, f.name, None) not in (None, False)]
+    given += [flag for flag, name in (("--max-lr", "max_lr"), ("--find-lr", "find_lr"), ("--lr-finder", "lr_finder"),
+                                      ("--set", "settings")) if getattr(args, name, None)]
+    if given or args.recipe != "best":
+        raise UserError(f"{why}; drop {', '.join(given) or '--recipe'}")
 
 
 def _check_out_dir(path: str, flag: str = "--out") -> Path:
@@ -150,16 +153,12 @@ def _make_room_for_new_run(out: Path, overwrite: bool, compare: bool = False) ->
     those run_folder.py names, so a user's own files in the folder stay)."""
     from .run_folder import CompareFolder, RunFolder
 
-    found = CompareFolder(out).written() if compare else RunFolder(out).written()
+    folder = CompareFolder(out) if compare else RunFolder(out)
+    found = folder.written()
     if found and not overwrite:
         raise UserError(f"--out {out} already holds a run ({', '.join(p.name for p in found)}): choose another "
                         f"folder, or pass --overwrite to replace it")
-    for path in found:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    if found:
+    if folder.remove_run():
         print(f"--overwrite: removed the earlier run's files from {out}", file=sys.stderr)
 
 
@@ -226,20 +225,31 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .compare import compare_trainers
+    from .compare import compare_runs, compare_trainers
     from .run_folder import CompareFolder
 
     out = _check_out_dir(args.out)
-    _make_room_for_new_run(out, args.overwrite, compare=True)
-    s = compare_trainers(_config(args), out)
+    if args.runs:
+        _refuse_recipe_flags(args, "--runs compares two runs as they were trained")
+        # Only compare.json and compare.png are written: a folder holding the two runs themselves is fine.
+        found = [p for p in (CompareFolder(out).summary, CompareFolder(out).figure) if p.exists()]
+        if found and not args.overwrite:
+            raise UserError(f"--out {out} already holds a comparison ({', '.join(p.name for p in found)}): choose "
+                            f"another folder, or pass --overwrite to replace it")
+        s = compare_runs(*args.runs, out)
+    else:
+        _make_room_for_new_run(out, args.overwrite, compare=True)
+        s = compare_trainers(_config(args), out)
     for name in ("torch", "lightning"):
         by_epoch = ", ".join(f"{v:.0f}" for v in s[name]["images_per_second_by_epoch"])
+        cpu = f", {s[name]['cpu_seconds']:.0f} s CPU" if s[name]["cpu_seconds"] is not None else ""
         print(f"{name:9s} final test accuracy {s[name]['final_test_accuracy']:.4f} | "
               f"{s[name]['images_per_second']:.1f} images/s in training (by epoch: {by_epoch}) | "
-              f"{s[name]['wall_seconds']:.0f} s wall, {s[name]['cpu_seconds']:.0f} s CPU")
+              f"{s[name]['wall_seconds']:.0f} s wall{cpu}")
     print(f"lightning / torch throughput: {s['throughput_ratio']:.3f}; accuracy difference "
           f"{100 * s['accuracy_difference']:+.2f} points; epoch losses differ by at most "
-          f"{s['max_relative_loss_difference']:.1e} (relative) (wrote {CompareFolder(out).summary})")
+          f"{s['max_relative_loss_difference']:.1e} (relative) (wrote {CompareFolder(out).summary} and "
+          f"{CompareFolder(out).figure.name})")
 
 
 def _devices(text: str) -> int | str:
@@ -396,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train with both trainers (same seed and recipe); print accuracy and speed")
     _add_recipe_flags(p)
     p.add_argument("--max-lr", type=_positive_float, help="OneCycle peak LR (default: the recipe's)")
-    p.add_argument("--out", required=True, help="output folder (torch/, lightning/, compare.json)")
+    p.add_argument("--out", required=True, help="output folder (torch/, lightning/, compare.json, compare.png)")
+    p.add_argument("--runs", nargs=2, metavar=("TORCH_RUN", "LIGHTNING_RUN"),
+                   help="compare two runs already made (the plain trainer's, then Lightning's: run folders or their "
+                        "metrics.json, e.g. results/*.json) instead of training; writes compare.json and compare.png")
     p.add_argument("--overwrite", action="store_true", help="replace the comparison already in --out")
     p.set_defaults(func=cmd_compare)
 

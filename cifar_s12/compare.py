@@ -3,20 +3,25 @@ LR range tests from the same weights on the same batches.
 
 ``python -m cifar_s12 compare`` writes ``compare.json``: both final test accuracies and their difference, each
 epoch's losses of both and the largest relative difference between them, training images/s of each and Lightning's
-share of plain's, and the CPU seconds each whole run used. ``range_tests`` is ``lr-find --lr-finder both``.
+share of plain's, and the CPU seconds each whole run used; and ``compare.png``, both runs' loss, accuracy and
+images/s per epoch in one figure. ``compare --runs`` does the same for two runs already made.
+``range_tests`` is ``lr-find --lr-finder both``.
 """
 from __future__ import annotations
 
 import gc
+import json
 import os
 import resource
+from pathlib import Path
 
 from .builders import build_loaders, build_model_for, load_data
-from .config import TrainConfig
+from .config import TrainConfig, same_recipe
 from .dataset import CifarData
+from .errors import UserError
 from .lit import fit_lightning, range_test
 from .lr_find import LRFindResult
-from .run_folder import CompareFolder
+from .run_folder import CompareFolder, RunFolder
 from .train import fit
 from .utils import seed_everything, write_json
 
@@ -26,8 +31,7 @@ PARITY_KEYS = ("epoch", "train_loss", "test_loss", "test_acc")
 
 def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
     """Train ``cfg`` with the plain loop, then with Lightning (one device), on the same data; write and return the
-    two final test accuracies, each trainer's training images/s (all training images over all training seconds)
-    and Lightning's share of plain's.
+    comparison (``summarize``) and draw both runs' curves beside it (``compare.png``).
 
     Also the CPU seconds each whole run used (this process and its loader workers), beside the wall-clock numbers.
     On a shared machine both grow with the neighbours' load (idle threads spin), so compare runs made together.
@@ -36,17 +40,62 @@ def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) ->
     data = load_data(cfg)  # loaded and cut to the recipe's subsets once; both trainers get these arrays
     runs = {"torch": lambda: fit(cfg, folder.run("torch").root, data=data, log=log),
             "lightning": lambda: fit_lightning(cfg, folder.run("lightning").root, data=data, log=log)}
-    summary = {}
+    metrics, cpu_seconds = {}, {}
     for name, run in runs.items():
         cpu_before = _cpu_seconds()
-        m = run().metrics
+        metrics[name] = run().metrics
+        cpu_seconds[name] = _cpu_seconds() - cpu_before
+    return write_comparison(folder, metrics, cpu_seconds)
+
+
+def compare_runs(torch_run: str | os.PathLike, lightning_run: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """The same comparison of two runs already made: their run folders (``train --out``, the notebooks') or their
+    ``metrics.json`` files (as results/ keeps them), one of each trainer, of the same recipe. Nothing is trained;
+    CPU seconds are not known then."""
+    metrics = {}
+    for trainer, root in (("torch", torch_run), ("lightning", lightning_run)):
+        path = RunFolder(root).metrics if os.path.isdir(root) else Path(root)
+        try:
+            metrics[trainer] = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"--runs: cannot read {path}: {err}") from None
+        if metrics[trainer].get("trainer") != trainer:
+            raise UserError(f"--runs: {root} is a run of the {metrics[trainer].get('trainer')!r} trainer; give the "
+                            f"plain trainer's run first, then Lightning's")
+    if not same_recipe(metrics["torch"]["config"], TrainConfig.from_dict(metrics["lightning"]["config"])):
+        raise UserError(f"--runs: {torch_run} and {lightning_run} ran different recipes; compare one recipe and seed")
+    return write_comparison(CompareFolder(out_dir), metrics)
+
+
+def write_comparison(folder: CompareFolder, metrics: dict[str, dict], cpu_seconds: dict | None = None) -> dict:
+    """``compare.json`` from the two runs' metrics (``summarize``) and ``compare.png``: their curves in one figure."""
+    from .plots import plot_trainer_comparison, save_figure
+
+    summary = summarize(metrics, cpu_seconds)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    write_json(folder.summary, summary)
+    save_figure(plot_trainer_comparison({TRAINER_LABELS[name]: m["history"] for name, m in metrics.items()}),
+                folder.figure)
+    return summary
+
+
+TRAINER_LABELS = {"torch": "plain PyTorch", "lightning": "Lightning"}
+
+
+def summarize(metrics: dict[str, dict], cpu_seconds: dict | None = None) -> dict:
+    """Both final test accuracies and their difference, each epoch's losses of both and the largest relative
+    difference between them, each trainer's training images/s (all training images over all training seconds) and
+    Lightning's share of plain's."""
+    summary = {}
+    for name, m in metrics.items():
         summary[name] = {"final_test_accuracy": m["final_test_accuracy"],
                          # all training images over all training seconds (not a mean of per-epoch rates)
                          "images_per_second": (sum(h["images_per_second"] * h["epoch_seconds"] for h in m["history"])
                                                / sum(h["epoch_seconds"] for h in m["history"])),
                          "images_per_second_by_epoch": [h["images_per_second"] for h in m["history"]],
                          "epochs": [{key: h[key] for key in PARITY_KEYS} for h in m["history"]],
-                         "wall_seconds": m["wall_seconds"], "cpu_seconds": _cpu_seconds() - cpu_before}
+                         "wall_seconds": m["wall_seconds"],
+                         "cpu_seconds": cpu_seconds[name] if cpu_seconds else None}
     summary["throughput_ratio"] = summary["lightning"]["images_per_second"] / summary["torch"]["images_per_second"]
     summary["accuracy_difference"] = (summary["lightning"]["final_test_accuracy"]
                                       - summary["torch"]["final_test_accuracy"])
@@ -55,7 +104,6 @@ def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) ->
         abs(a[key] - b[key]) / abs(b[key])
         for a, b in zip(summary["lightning"]["epochs"], summary["torch"]["epochs"])
         for key in ("train_loss", "test_loss"))
-    write_json(folder.summary, summary)
     return summary
 
 

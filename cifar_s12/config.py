@@ -124,6 +124,20 @@ def apply_settings(cfg: TrainConfig, settings: list[str]) -> TrainConfig:
     return cfg
 
 
+# Where the data is and how it is loaded: not part of the recipe. A resumed run takes them from the new command line
+# (and keeps the rest from its checkpoint); two runs that differ only in them ran the same recipe.
+LOADING_FIELDS = ("data_dir", "download", "num_workers")
+
+
+def same_recipe(saved: dict, cfg: TrainConfig) -> bool:
+    """Whether ``saved`` (a run's ``config``, as metrics.json and checkpoints hold it) is ``cfg``'s recipe. A field
+    that a run from before it existed lacks counts as its default (defaults leave the recipes as they were)."""
+    import json
+
+    theirs, ours = (json.loads(json.dumps(c.to_dict())) for c in (TrainConfig.from_dict(saved), cfg))  # tuples: lists
+    return all(theirs[k] == v for k, v in ours.items() if k not in LOADING_FIELDS)
+
+
 def resume_config(saved: dict, cfg: TrainConfig, epochs_done: int, checkpoint) -> TrainConfig:
     """A resumed run keeps the checkpoint's recipe (``saved``, so the OneCycle plan is the same); only where the
     data is and how it is loaded come from the new command line (``cfg``). A finished run is refused (both
@@ -132,5 +146,4 @@ def resume_config(saved: dict, cfg: TrainConfig, epochs_done: int, checkpoint) -
     if epochs_done and epochs_done == epochs:
         raise UserError(f"--resume: {checkpoint} is the end of a finished run ({epochs_done} of {epochs} epochs); "
                         f"nothing to do")
-    return dataclasses.replace(TrainConfig.from_dict(saved), data_dir=cfg.data_dir, download=cfg.download,
-                               num_workers=cfg.num_workers)
+    return dataclasses.replace(TrainConfig.from_dict(saved), **{k: getattr(cfg, k) for k in LOADING_FIELDS})

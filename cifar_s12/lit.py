@@ -36,13 +36,16 @@ from .lr_find import LR_FINDERS, LRFindResult, find_lr, range_test_iters, steepe
 from .model import NUM_CLASSES, build_model
 from .run_folder import LIGHTNING_BEST, LIGHTNING_LAST, RunFolder, resume_file
 from .runtime import Runtime, accelerator_device, lightning_precision, predict_logits
-from .train import RunResult, format_epoch, new_metrics, record_epoch, save_outputs, save_run_figures
+from .train import (RunResult, describe_run, format_epoch, new_metrics, record_epoch, save_outputs,
+                    save_run_figures)
 from .utils import cli_command, seed_epoch, seed_everything, write_json
 
 # Lightning's own notices that a user cannot act on: an internal deprecation of its pytree code under newer torch,
 # and ModelSummary's note that it sizes bf16 parameters as fp32 (they are fp32: autocast keeps fp32 weights).
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+# A run shorter than log_every_n_steps (a smoke run) logs no per-step values: plots.plot_csv_log says so itself.
+warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
 # A resumed run writes its checkpoints beside the first part's, in the folder ModelCheckpoint then finds "not empty".
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
@@ -222,10 +225,11 @@ class EpochHistory(Callback):
     wall time of all its parts, and the commands that made them (``command``: the first, then each ``--resume``).
     """
 
-    def __init__(self, after_epoch=None, wall_start: float | None = None):
+    def __init__(self, after_epoch=None, wall_start: float | None = None, before_training=None):
         self.history: list[dict] = []
         self.lrs: list[float] = []
         self.after_epoch = after_epoch  # called on rank 0 with (trainer, pl_module) once the row is recorded
+        self.before_training = before_training  # called on rank 0 with (trainer, pl_module) before the first epoch
         self.wall_start = time.perf_counter() if wall_start is None else wall_start
         self.earlier_seconds = 0.0  # wall time of the parts before a --resume
         self.commands = [cli_command()]
@@ -241,6 +245,10 @@ class EpochHistory(Callback):
         if not any(self.commands):
             return None
         return " && ".join(c or "<command not recorded>" for c in self.commands)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.before_training is not None and trainer.is_global_zero:
+            self.before_training(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._images, self._seconds, self._start = 0, 0.0, time.perf_counter()
@@ -354,22 +362,37 @@ def read_resume_checkpoint(path: str | os.PathLike) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Lightning's LR range test, and the choice between it and torch-lr-finder
+# Lightning's notices that tell a student nothing to act on: what the run's own first line already says (device,
+# precision), an advertisement, and notes on what the package chose on purpose. Warnings stay.
+RUN_NOTICES = ("Using bfloat16 Automatic Mixed Precision", "Using 16bit Automatic Mixed Precision", "GPU available:",
+               "TPU available:", "HPU available:", "LOCAL_RANK:", "\N{ELECTRIC LIGHT BULB} Tip:",
+               "Loading `train_dataloader` to estimate number of stepping batches",
+               "Trainer already configured with model summary callbacks")
+# The Tuner restoring its own temporary checkpoint (a machine's path), and its note when a short test gives it too
+# few points for a suggestion (lightning_lr_find then takes the steepest descent itself).
+TUNER_NOTICES = ("Restoring states from the checkpoint path", "Restored all states", "`weights_only` was not set",
+                 "`Trainer.fit` stopped: `max_steps=", "Failed to compute suggestion for learning rate")
+
+
 @contextmanager
-def _tuner_checkpoint_notes_hidden():
-    """Hide Lightning's "Restoring states from the checkpoint path at /tmp/..." and "Restored all states ..." while
-    the Tuner restores its own temporary checkpoint: nothing a student can act on, and a machine's path."""
+def lightning_notices_hidden(*prefixes: str):
+    """Within the block, Lightning's log records that start with one of ``prefixes`` are dropped."""
     import logging
 
     class Hide(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            return not str(record.msg).startswith(("Restoring states from the checkpoint path", "Restored all states"))
+            return not str(record.msg).startswith(prefixes)
 
-    logger, hide = logging.getLogger("pytorch_lightning.utilities.rank_zero"), Hide()
-    logger.addFilter(hide)
+    names = ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.tuner.lr_finder",
+             "pytorch_lightning.trainer.connectors.checkpoint_connector")
+    loggers, hide = [logging.getLogger(name) for name in names], Hide()
+    for logger in loggers:
+        logger.addFilter(hide)
     try:
         yield
     finally:
-        logger.removeFilter(hide)
+        for logger in loggers:
+            logger.removeFilter(hide)
 
 
 def lightning_lr_find(cfg: TrainConfig, model: nn.Module, loaders, accelerator: str = "auto",
@@ -378,16 +401,17 @@ def lightning_lr_find(cfg: TrainConfig, model: nn.Module, loaders, accelerator: 
     from pytorch_lightning.tuner import Tuner
 
     module = CifarLitModule.from_config(cfg, model=model)
-    with tempfile.TemporaryDirectory() as tmp:  # Tuner keeps the initial weights in a checkpoint file there
+    # Tuner keeps the initial weights in a checkpoint file in tmp
+    with tempfile.TemporaryDirectory() as tmp, lightning_notices_hidden(*RUN_NOTICES, *TUNER_NOTICES):
         trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=num_iter, max_epochs=num_iter,
                              precision=lightning_precision(accelerator_device(accelerator), cfg.precision),
                              logger=False, enable_checkpointing=False, enable_model_summary=False,
                              num_sanity_val_steps=0, default_root_dir=tmp)
-        with ctrl_c_raises(trainer), _tuner_checkpoint_notes_hidden():
+        with ctrl_c_raises(trainer):
             finder = Tuner(trainer).lr_find(module, train_dataloaders=loaders[0], val_dataloaders=loaders[1],
                                             min_lr=start_lr, max_lr=end_lr, num_training=num_iter, update_attr=False)
+        suggestion = finder.suggestion()
     lrs, losses = [float(v) for v in finder.results["lr"]], [float(v) for v in finder.results["loss"]]
-    suggestion = finder.suggestion()
     return LRFindResult(suggestion if suggestion is not None else steepest_descent_lr(lrs, losses), lrs, losses)
 
 
@@ -441,14 +465,20 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
         if not fast_dev_run:
             save_outputs(folder, module.evaluated, module.cfg, datamodule.data.classes, run_metrics(trainer, module))
 
-    history = EpochHistory(after_epoch=save_epoch, wall_start=wall_start)
-    trainer = build_trainer(cfg, folder.root, history, devices, accelerator, strategy,
-                            max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
+    def announce(trainer: pl.Trainer, module: CifarLitModule) -> None:  # as the plain loop's first line
+        log(describe_run(module.cfg, module.model, describe_trainer(trainer), datamodule.data))
+        if resume is not None:
+            log(f"resuming after epoch {saved['epochs_done']} of {module.cfg.epochs}")
+
+    history = EpochHistory(after_epoch=save_epoch, wall_start=wall_start, before_training=announce)
+    with lightning_notices_hidden(*RUN_NOTICES):
+        trainer = build_trainer(cfg, folder.root, history, devices, accelerator, strategy,
+                                max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
     datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data,
                                  first_epoch=saved["epochs_done"] if resume is not None else 0)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # few workers per process is deliberate
     module, lr_result = _module_with_max_lr(cfg, datamodule, trainer, lr_finder, accelerator, log, fast_dev_run)
-    with ctrl_c_raises(trainer):
+    with ctrl_c_raises(trainer), lightning_notices_hidden(*RUN_NOTICES):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         finished = len(history.history) == module.cfg.epochs  # not after --stop-after: TTA is the end's figure
         tta = (trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"]

@@ -85,6 +85,47 @@ def plot_curves(history: list[dict], lr_schedule: Sequence[float] | None = None)
     return fig
 
 
+def plot_planned_schedule(lrs: Sequence[float], steps_per_epoch: int, suggested_lr: float | None = None) -> Figure:
+    """OneCycle's plan before training (``builders.planned_lrs``): the LR of every step against the epoch, its peak
+    marked with the epoch it falls in, and (if given) the LR a range test suggested, for comparison."""
+    epochs = np.arange(1, len(lrs) + 1) / steps_per_epoch  # step k ends at epoch k / steps_per_epoch
+    peak = int(np.argmax(lrs))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.plot(epochs, lrs, label="planned LR per step")
+    ax.plot(epochs[peak], lrs[peak], "o", color="tab:orange",
+            label=f"peak {lrs[peak]:.3g} in epoch {peak // steps_per_epoch + 1}")
+    if suggested_lr is not None:
+        ax.axhline(suggested_lr, color="tab:red", ls="--", label=f"range test suggested {suggested_lr:.3g}")
+    ax.set(xlabel="epoch", ylabel="learning rate", title="OneCycle schedule, as planned",
+           xlim=(0, len(lrs) / steps_per_epoch))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_trainer_comparison(histories: dict[str, list[dict]]) -> Figure:
+    """Runs side by side, e.g. ``{"plain PyTorch": history, "Lightning": history}`` of the same recipe and seed:
+    train and test loss, test accuracy and training images/s per epoch (``metrics.json``'s ``history``)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13.8, 3.6))
+    for (label, history), style in zip(histories.items(), ({"ls": "-", "marker": "o"}, {"ls": "--", "marker": "x"},
+                                                            {"ls": ":", "marker": "s"})):
+        epochs = [h["epoch"] for h in history]
+        axes[0].plot(epochs, [h["train_loss"] for h in history], ms=4, color="tab:blue", label=f"{label}: train",
+                     **style)
+        axes[0].plot(epochs, [h["test_loss"] for h in history], ms=4, color="tab:orange", label=f"{label}: test",
+                     **style)
+        axes[1].plot(epochs, [h["test_acc"] for h in history], ms=4, label=label, **style)
+        axes[2].plot(epochs, [h["images_per_second"] for h in history], ms=4, label=label, **style)
+    for ax, (ylabel, title) in zip(axes, (("loss", "loss"), ("test accuracy", "test accuracy"),
+                                          ("images/s", "training images/s"))):
+        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], suggested_lr: float | None = None,
                    ax=None, title: str = "LR range test") -> Figure:
     """Loss against learning rate (log scale), with the suggested LR marked."""
@@ -202,9 +243,14 @@ def read_csv_log(path: str | os.PathLike) -> dict[str, list[tuple[float, float]]
     return series
 
 
-def plot_csv_log(path: str | os.PathLike) -> Figure:
-    """What Lightning logged, by optimizer step: per-step and per-epoch loss and accuracy, and the LR."""
-    series = read_csv_log(path)
+def plot_csv_log(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Figure:
+    """What Lightning logged, by optimizer step: per-step and per-epoch loss and accuracy, and the LR. ``paths``:
+    one ``metrics.csv``, or a resumed run's parts in order (``RunFolder.csv_logs``; their steps run on)."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    series: dict[str, list[tuple[float, float]]] = {}
+    for path in paths:
+        for key, values in read_csv_log(path).items():
+            series.setdefault(key, []).extend(values)
     panels = [("loss", ["train_loss_step", "train_loss", "val_loss"]),
               ("accuracy", ["train_acc_step", "train_acc", "val_acc"]),
               ("learning rate", sorted(k for k in series if k.startswith("lr-")))]
@@ -221,6 +267,7 @@ def plot_csv_log(path: str | os.PathLike) -> Figure:
             ax.legend(fontsize=7)
         else:  # e.g. a run shorter than log_every_n_steps logs no per-step values
             ax.text(0.5, 0.5, "nothing logged", ha="center", va="center", transform=ax.transAxes, color="gray")
-    fig.suptitle(f"Lightning CSV log: {Path(path).parent.name}/{Path(path).name}", fontsize=9)
+    parts = " + ".join(Path(p).parent.name for p in paths)
+    fig.suptitle(f"Lightning CSV log: {parts}", fontsize=9)
     fig.tight_layout()
     return fig

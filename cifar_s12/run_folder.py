@@ -9,14 +9,17 @@ Trainers, report, export, compare, the CLI and the notebooks ask ``RunFolder`` f
     DIR/checkpoints/last.ckpt   Lightning's, for the same; best-epoch=N-val_acc=X.ckpt beside it
     DIR/tensorboard/version_N   Lightning's TensorBoard logs, DIR/csv/version_N its CSV logs (N per part of a run)
 
-Imports only errors.py: every other module may use it.
+Imports only errors.py and config.py: every other module may use it.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import TrainConfig, same_recipe
 from .errors import UserError
 
 METRICS = "metrics.json"
@@ -90,6 +93,10 @@ class RunFolder:
         names = (METRICS, MODEL, CURVES, LR_FINDER, CHECKPOINTS, TENSORBOARD, CSV)
         return [self.root / name for name in names if (self.root / name).exists()]
 
+    def remove_run(self) -> list[Path]:
+        """Delete what a run has written here (``written``), leaving a user's own files; returns what went."""
+        return remove(self.written())
+
     def has_run(self) -> bool:
         return self.metrics.exists() or self.model.exists() or self.checkpoints.exists()
 
@@ -100,7 +107,33 @@ class RunFolder:
         return cls(folder.parent if folder.name == CHECKPOINTS else folder)
 
 
+def remove(paths: list[Path]) -> list[Path]:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return paths
+
+
 TRAINERS = {"torch": "the plain trainer", "lightning": "the Lightning trainer"}
+
+
+def continue_or_start(out: str | os.PathLike, trainer: str, cfg: TrainConfig) -> Path | None:
+    """A notebook's training cell: the checkpoint to resume when ``out`` holds an interrupted run of ``trainer``
+    with ``cfg``'s recipe (the cell is run again after a disconnect, ``out`` on Google Drive), else None once
+    ``out``'s earlier run files are removed, so a new run starts in a clean folder (a user's own files stay)."""
+    folder = RunFolder(out)
+    checkpoint = folder.train_state if trainer == "torch" else folder.lightning_last
+    try:
+        metrics = json.loads(folder.metrics.read_text())
+    except (OSError, ValueError):
+        metrics = {}
+    if (checkpoint.is_file() and metrics.get("trainer") == trainer and same_recipe(metrics.get("config", {}), cfg)
+            and (metrics.get("epochs_completed") or 0) < cfg.epochs):
+        return checkpoint
+    folder.remove_run()
+    return None
 
 
 def resume_file(resume: str | os.PathLike, trainer: str) -> Path:
@@ -143,3 +176,6 @@ class CompareFolder:
 
     def written(self) -> list[Path]:
         return [p for p in (self.summary, self.figure, self.root / "torch", self.root / "lightning") if p.exists()]
+
+    def remove_run(self) -> list[Path]:
+        return remove(self.written())

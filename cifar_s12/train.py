@@ -131,8 +131,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
     if len(train_loader) == 0:
         raise UserError(f"no training batches: {len(data.train)} images with batch size {cfg.batch_size}")
     model = runtime.prepare(build_model_for(cfg))
-    log(f"{cfg.model}: {count_parameters(model):,} parameters | {runtime.describe()} | "
-        f"{len(data.train):,} train / {len(data.test):,} test images from {data.source}")
+    log(describe_run(cfg, model, runtime.describe(), data))
 
     lr_result = None
     if cfg.max_lr is None:  # a resumed run has the max LR its first part found
@@ -221,6 +220,12 @@ def new_metrics(trainer: str, cfg: TrainConfig, model: nn.Module, device: str, d
             "data_source": data.source, "train_images": len(data.train), "test_images": len(data.test),
             "loader_workers": loader_workers, "config": cfg.to_dict(), "command": cli_command(), **provenance(),
             "history": [], "lr_schedule": []}
+
+
+def describe_run(cfg: TrainConfig, model: nn.Module, device: str, data: CifarData) -> str:
+    """A run's first line, in both trainers: the network, where and in what precision it trains, and on what."""
+    return (f"{cfg.model}: {count_parameters(model):,} parameters | {device} | "
+            f"{len(data.train):,} train / {len(data.test):,} test images from {data.source}")
 
 
 def record_epoch(metrics: dict, row: dict, lr_schedule: list[float], wall_start: float) -> None:

@@ -66,3 +66,52 @@ def test_the_summary_weighs_each_epoch_by_its_seconds_and_keeps_the_largest_loss
     assert summary["accuracy_difference"] == pytest.approx(0.025)  # Lightning's 62.5% less plain's 60%
     assert summary["max_relative_loss_difference"] == pytest.approx(0.002)  # relative: 0.001 of 0.5
     assert lightning_run["epochs"][1] == {"epoch": 2, "train_loss": 0.501, "test_loss": 0.9, "test_acc": 0.625}
+
+
+def test_compare_runs_compares_two_runs_already_made_and_draws_them(tmp_path):
+    """The instructor's picture: two finished runs on disk (a run folder, or a metrics.json as results/ keeps it)
+    -> compare.json and compare.png, nothing trained."""
+    from figures import png_image
+
+    def metrics(trainer, **config):
+        history = [{"epoch": n, "train_loss": 2.0 / n, "test_loss": 1.8 / n, "test_acc": 0.3 * n, "train_acc": 0.3 * n,
+                    "images_per_second": 100.0 * n, "epoch_seconds": 1.0, "lr": 0.1} for n in (1, 2)]
+        return {"trainer": trainer, "config": make_config("best", **config).to_dict(), "history": history,
+                "wall_seconds": 2.0, "final_test_accuracy": 0.6}
+
+    (tmp_path / "lit").mkdir()
+    (tmp_path / "lit" / "metrics.json").write_text(json.dumps(metrics("lightning", data_dir="elsewhere")))
+    (tmp_path / "torch.json").write_text(json.dumps(metrics("torch")))
+    out = tmp_path / "cmp"
+    r = cli("compare", "--runs", tmp_path / "torch.json", tmp_path / "lit", "--out", out)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["torch"]["cpu_seconds"] is None and summary["throughput_ratio"] == 1.0
+    assert summary["torch"]["images_per_second_by_epoch"] == [100.0, 200.0] and "s CPU" not in r.stdout
+    png_image(out / "compare.png")
+    # Only the two files are written: no torch/ or lightning/ run folders in --out.
+    assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.png"]
+    again = cli("compare", "--runs", tmp_path / "torch.json", tmp_path / "lit", "--out", out)
+    assert again.returncode == 2 and "already holds a comparison" in again.stderr
+
+    (tmp_path / "other.json").write_text(json.dumps(metrics("lightning", epochs=12)))
+    for args, message in (
+            ([tmp_path / "lit", tmp_path / "torch.json"], "is a run of the 'lightning' trainer; give the plain"),
+            ([tmp_path / "torch.json", tmp_path / "other.json"], "ran different recipes"),
+            ([tmp_path / "torch.json", tmp_path / "missing"], "--runs: cannot read"),
+            ([tmp_path / "torch.json", tmp_path / "lit", "--epochs", "3"], "drop --epochs")):
+        r = cli("compare", "--runs", *args, "--out", tmp_path / "cmp2")
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "cmp2").exists()
+
+
+def test_compare_draws_both_trainers_loss_accuracy_and_speed_per_epoch():
+    from cifar_s12.plots import plot_trainer_comparison
+
+    history = [{"epoch": n, "train_loss": 1.0, "test_loss": 1.1, "test_acc": 0.5, "images_per_second": 90.0}
+               for n in (1, 2, 3)]
+    fig = plot_trainer_comparison({"plain PyTorch": history, "Lightning": history})
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "test accuracy", "training images/s"]
+    assert [len(ax.lines) for ax in fig.axes] == [4, 2, 2]  # train and test loss of each; one line each else
+    assert [t.get_text() for t in fig.axes[2].get_legend().get_texts()] == ["plain PyTorch", "Lightning"]
+    assert list(fig.axes[2].lines[1].get_ydata()) == [90.0] * 3

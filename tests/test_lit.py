@@ -219,3 +219,30 @@ def test_ctrl_c_exits_130_keeps_the_finished_epoch_and_leaves_ctrl_c_working(tmp
     assert signal.getsignal(signal.SIGINT) is handler
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 1
     assert torch.load(out / "model.pt", weights_only=False)["epoch"] == 1
+
+
+def test_lightnings_notices_are_hidden_and_the_run_says_what_it_trains_on(data, tmp_path):
+    """What a student reads in a notebook's training cell: the package's own first line (network, device and
+    precision, data) instead of Lightning's notes on devices, precision, stepping batches, a logger advertisement,
+    or the LR finder's temporary checkpoint; the epochs and Lightning's warnings still show."""
+    import logging
+
+    records, lines = [], []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    keep = Keep()
+    logging.getLogger("pytorch_lightning").addHandler(keep)
+    try:
+        cfg = make_config("best", epochs=1, subset=128, test_subset=64, batch_size=32, num_workers=0)
+        fit_lightning(replace(cfg, max_lr=None), tmp_path, data=data, lr_finder="lightning", log=lines.append)
+    finally:
+        logging.getLogger("pytorch_lightning").removeHandler(keep)
+    assert lines[0].startswith("LR range test (Lightning Tuner.lr_find) suggests max_lr = ")
+    assert lines[1].startswith("custom_resnet: 6,573,120 parameters | cpu x1, ") and "128 train / 64 test" in lines[1]
+    for notice in ("GPU available", "TPU available", "Automatic Mixed Precision", "Tip:", "stepping batches",
+                   "already configured with model summary", "Restoring states", "weights_only"):
+        assert not any(notice in message for message in records), (notice, records)
+    assert any("Trainable params" in message for message in records)  # ModelSummary's table is not a notice

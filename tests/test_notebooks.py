@@ -52,9 +52,11 @@ def test_notebooks_define_no_functions_or_classes(notebook):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_only_the_training_cell_empties_the_run_folder(notebook):
+def test_only_the_training_cell_continues_or_empties_the_run_folder(notebook):
     cells = code_cells(notebook)
-    assert cell_calling(cells, "rmtree") == cell_calling(cells, "fit", "fit_lightning")
+    assert cell_calling(cells, "continue_or_start") == cell_calling(cells, "fit", "fit_lightning")
+    assert not any(getattr(n.func, "attr", None) == "rmtree" for tree in cells for n in ast.walk(tree)
+                   if isinstance(n, ast.Call))
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -83,3 +85,51 @@ def test_no_path_of_the_machine_that_ran_them_is_committed():
              for n, line in enumerate(path.read_text().splitlines(), 1) if machine_path.search(line)]
     assert not found, found
 
+
+
+def markdown_cells(notebook: Path) -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "markdown"]
+
+
+def shown_sources(notebook: Path) -> set[str]:
+    """The names in the cells that display source code (they call inspect.getsource): what those cells show."""
+    shown = set()
+    for tree in code_cells(notebook):
+        if any(isinstance(n, ast.Call) and getattr(n.func, "attr", None) == "getsource" for n in ast.walk(tree)):
+            shown |= {getattr(n, "attr", getattr(n, "id", None)) for n in ast.walk(tree)}
+    return shown
+
+
+def test_the_session_code_is_on_the_page_from_the_package_and_explained():
+    nb01, nb02 = NOTEBOOKS
+    assert {"train_step", "train_epoch"} <= shown_sources(nb01)
+    assert {"training_step", "validation_step", "configure_optimizers"} <= shown_sources(nb02)
+    text01 = "\n".join(markdown_cells(nb01))
+    for piece in ("runtime.autocast()", "zero_grad", "backward()", "scaler.step(optimizer)", "step_schedule",
+                  "every batch"):
+        assert piece in text01, piece
+    assert "What Lightning took over from session 1's loop" in "\n".join(markdown_cells(nb02))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_lesson_opens_with_what_the_student_learns_and_the_runs_provenance_in_one_line(notebook):
+    opening = markdown_cells(notebook)[0]
+    lesson, sep, provenance = opening.partition("**The outputs below:**")
+    assert sep and "\n" not in provenance.strip(), "one line on which run made the outputs"
+    assert len(lesson.split()) <= 150, len(lesson.split())
+    assert "You will" in lesson
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_on_colab_the_first_code_cell_checks_for_a_gpu_before_anything_is_installed(notebook):
+    first, second = (json.loads(notebook.read_text())["cells"][i] for i in (1, 2))
+    first, second = "".join(first["source"]), "".join(second["source"])
+    assert "nvidia-smi" in first and "Change runtime type" in first and "pip" not in first
+    assert "pip install" in second
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_one_variable_puts_the_run_on_google_drive(notebook):
+    source = ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+    config = next(s for s in source if "SAVE_TO_DRIVE" in s)
+    assert "SAVE_TO_DRIVE = False" in config and "drive.mount(" in config and "OUT = RUNS /" in config

@@ -142,3 +142,27 @@ def test_lightning_csv_log_is_read_per_metric_and_plotted(tmp_path):
     fig = plot_csv_log(log)
     assert [len(ax.lines) for ax in fig.axes] == [3, 3, 1]
     saved_png(fig, tmp_path / "log.png")
+    # A resumed run's second part (its own version_N folder) continues the first's curves.
+    part2 = tmp_path / "version_1" / "metrics.csv"
+    part2.parent.mkdir()
+    part2.write_text("epoch,lr-SGD,step,val_acc,val_loss\n,0.01,29,,\n2,,56,0.45,1.5\n")
+    fig = plot_csv_log([log, part2])
+    val_acc = next(line for line in fig.axes[1].lines if line.get_label() == "val_acc")
+    assert list(val_acc.get_xdata()) == [18.0, 37.0, 56.0] and list(val_acc.get_ydata()) == [0.31, 0.38, 0.45]
+
+
+def test_the_planned_schedule_marks_its_peak_epoch_and_the_range_tests_lr():
+    from cifar_s12.builders import planned_lrs
+    from cifar_s12.config import make_config
+    from cifar_s12.plots import plot_planned_schedule
+
+    cfg = make_config("best")  # 24 epochs, the peak after 5 of them
+    fig = plot_planned_schedule(planned_lrs(cfg, cfg.max_lr, 10), 10, suggested_lr=0.15)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["planned LR per step", "peak 0.4 in epoch 5", "range test suggested 0.15"]
+    plan, peak, suggested = ax.lines
+    assert plan.get_xdata()[-1] == 24 and peak.get_xdata()[0] == pytest.approx(5.0, abs=0.1)
+    assert list(suggested.get_ydata()) == [0.15, 0.15]
+    fig = plot_planned_schedule(planned_lrs(cfg, cfg.max_lr, 10), 10)  # without a range test
+    assert len(fig.axes[0].lines) == 2

@@ -2,6 +2,7 @@
 run exactly as if it had never stopped (the data order, the augmentations, dropout, the optimizer, OneCycle)."""
 import json
 import os
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from cifar_s12.config import make_config
 from cifar_s12.dataset import CifarData, Split
 from cifar_s12.errors import UserError
 from cifar_s12.lit import fit_lightning
-from cifar_s12.run_folder import RunFolder
+from cifar_s12.run_folder import RunFolder, continue_or_start
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda *_: None)
@@ -76,6 +77,33 @@ def test_one_epoch_then_resume_for_two_is_the_uninterrupted_run(straight, data, 
         assert state["training"]["optimizer"]["param_groups"][0]["lr"] == resumed["history"][-1]["lr"]
     with pytest.raises(UserError, match=r"finished run \(3 of 3 epochs\)"):
         FITS[trainer](recipe(workers), tmp_path, data=data, resume=tmp_path, **QUIET)
+
+
+@pytest.mark.parametrize("trainer, workers", [("torch", 0), ("lightning", 2)])
+def test_a_notebooks_training_cell_run_again_continues_an_interrupted_run(straight, data, tmp_path, trainer,
+                                                                          workers):
+    """The notebooks' training cell: ``resume = continue_or_start(OUT, trainer, cfg)`` then fit(resume=resume)."""
+    folder, cfg = RunFolder(tmp_path), recipe(workers)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert continue_or_start(tmp_path, trainer, cfg) is None  # nothing to continue: a new run
+    FITS[trainer](cfg, tmp_path, data=data, stop_after=1, **QUIET)  # ... which a disconnect stops after epoch 1
+    other = "lightning" if trainer == "torch" else "torch"
+    resume = continue_or_start(tmp_path, trainer, replace(cfg, num_workers=0, data_dir="elsewhere"))
+    assert resume == (folder.train_state if trainer == "torch" else folder.lightning_last)  # where the data is: free
+    FITS[trainer](cfg, tmp_path, data=data, resume=resume, **QUIET)
+    assert_same_run(straight(trainer, workers), folder)
+    # Run again once the run has finished, the cell trains anew: the earlier run's files go, the user's stay.
+    assert continue_or_start(tmp_path, trainer, cfg) is None
+    assert folder.written() == [] and (tmp_path / "notes.txt").read_text() == "mine"
+    # So it does when the recipe in the cell has changed, or when the other trainer's cell is pointed here.
+    checkpoint = folder.train_state if trainer == "torch" else folder.lightning_last
+    for cfg_now, trainer_now, continues in ((cfg, trainer, True), (replace(cfg, max_lr=0.2), trainer, False),
+                                            (cfg, other, False)):
+        folder.checkpoints.mkdir(exist_ok=True)
+        checkpoint.write_bytes(b"")  # an interrupted run's files, as far as continue_or_start looks
+        folder.metrics.write_text(json.dumps({"trainer": trainer, "config": cfg.to_dict(), "epochs_completed": 1}))
+        assert continue_or_start(tmp_path, trainer_now, cfg_now) == (checkpoint if continues else None)
+        assert folder.has_run() == continues
 
 
 def test_the_number_of_loader_workers_does_not_change_the_run(straight):
