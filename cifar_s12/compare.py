@@ -59,9 +59,16 @@ def compare_runs(torch_run: str | os.PathLike, lightning_run: str | os.PathLike,
             metrics[trainer] = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise UserError(f"--runs: cannot read {path}: {err}") from None
-        if metrics[trainer].get("trainer") != trainer:
-            raise UserError(f"--runs: {root} is a run of the {metrics[trainer].get('trainer')!r} trainer; give the "
-                            f"plain trainer's run first, then Lightning's")
+        m = metrics[trainer]
+        if not isinstance(m, dict) or not all(key in m for key in ("config", "history", "final_test_accuracy",
+                                                                   "wall_seconds")):
+            raise UserError(f"--runs: {path} is not a run's metrics.json")
+        if m.get("trainer") != trainer:
+            raise UserError(f"--runs: {root} is a run of the {m.get('trainer')!r} trainer; give the plain trainer's "
+                            f"run first, then Lightning's")
+        if m.get("epochs_completed", m["config"].get("epochs")) != m["config"].get("epochs"):
+            raise UserError(f"--runs: {root} is unfinished ({m.get('epochs_completed')} of {m['config'].get('epochs')} "
+                            f"epochs)")
     if not same_recipe(metrics["torch"]["config"], TrainConfig.from_dict(metrics["lightning"]["config"])):
         raise UserError(f"--runs: {torch_run} and {lightning_run} ran different recipes; compare one recipe and seed")
     return write_comparison(CompareFolder(out_dir), metrics)

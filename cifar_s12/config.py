@@ -131,11 +131,32 @@ LOADING_FIELDS = ("data_dir", "download", "num_workers")
 
 def same_recipe(saved: dict, cfg: TrainConfig) -> bool:
     """Whether ``saved`` (a run's ``config``, as metrics.json and checkpoints hold it) is ``cfg``'s recipe. A field
-    that a run from before it existed lacks counts as its default (defaults leave the recipes as they were)."""
+    that a run from before it existed lacks counts as its default (defaults leave the recipes as they were); with
+    ``cfg.max_lr`` None (an LR range test picks it) any max LR is the one that test found."""
     import json
 
     theirs, ours = (json.loads(json.dumps(c.to_dict())) for c in (TrainConfig.from_dict(saved), cfg))  # tuples: lists
-    return all(theirs[k] == v for k, v in ours.items() if k not in LOADING_FIELDS)
+    ignored = {*LOADING_FIELDS, *(["max_lr"] if cfg.max_lr is None else [])}
+    return all(theirs[k] == v for k, v in ours.items() if k not in ignored)
+
+
+# Fields that are not what makes a run an ablation of its recipe: the seed, the length, the data subset and the
+# precision have their own columns in the results table, and --tta only adds a second accuracy.
+NOT_RECIPE_CHANGES = ("recipe", "seed", "epochs", "tta", "precision", "subset", "test_subset", *LOADING_FIELDS)
+
+
+def recipe_changes(saved: dict) -> list[str]:
+    """How a run's ``config`` departs from its named recipe, as ``--set`` spells it (``ema_decay=null``,
+    ``augment.flip="random"``): the results table gives an ablation its own row."""
+    import json
+
+    recipe = saved.get("recipe", "best")
+    if recipe not in RECIPES:
+        return []
+    theirs, preset = (json.loads(json.dumps(c.to_dict())) for c in (TrainConfig.from_dict(saved), RECIPES[recipe]))
+    flat = [(k, v, preset[k]) for k, v in theirs.items() if k != "augment" and k not in NOT_RECIPE_CHANGES]
+    flat += [(f"augment.{k}", v, preset["augment"][k]) for k, v in theirs["augment"].items()]
+    return [f"{name}={json.dumps(value)}" for name, value, default in flat if value != default]
 
 
 def resume_config(saved: dict, cfg: TrainConfig, epochs_done: int, checkpoint) -> TrainConfig:

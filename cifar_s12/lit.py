@@ -37,7 +37,7 @@ from .model import NUM_CLASSES, build_model
 from .run_folder import LIGHTNING_BEST, LIGHTNING_LAST, RunFolder, resume_file
 from .runtime import Runtime, accelerator_device, lightning_precision, predict_logits
 from .train import (RunResult, describe_run, format_epoch, new_metrics, record_epoch, save_outputs,
-                    save_run_figures)
+                    save_run_figures, tta_variants)
 from .utils import cli_command, seed_epoch, seed_everything, write_json
 
 # Lightning's own notices that a user cannot act on: an internal deprecation of its pytree code under newer torch,
@@ -73,6 +73,7 @@ class CifarLitModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
         self.memory_format = torch.contiguous_format
+        self.test_shift = self.cfg.tta_shift  # the pixels test_step's TTA moves the views by (fit_lightning: 0 too)
         # Lets ModelSummary run one image through the network and list each layer's input and output sizes.
         self.example_input_array = torch.zeros(1, 3, 32, 32)
 
@@ -102,7 +103,7 @@ class CifarLitModule(pl.LightningModule):
         net = self.evaluated if evaluating else self.model
         # fp32 logits, as the plain loop feeds the loss
         logits = predict_logits(lambda v: net(v.to(memory_format=self.memory_format)), x, tta,
-                                self.cfg.tta_shift if tta else 0)
+                                self.test_shift if tta else 0)
         return self.criterion(logits, y), logits, y
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -367,11 +368,13 @@ def read_resume_checkpoint(path: str | os.PathLike) -> dict:
 RUN_NOTICES = ("Using bfloat16 Automatic Mixed Precision", "Using 16bit Automatic Mixed Precision", "GPU available:",
                "TPU available:", "HPU available:", "LOCAL_RANK:", "\N{ELECTRIC LIGHT BULB} Tip:",
                "Loading `train_dataloader` to estimate number of stepping batches",
-               "Trainer already configured with model summary callbacks")
-# The Tuner restoring its own temporary checkpoint (a machine's path), and its note when a short test gives it too
-# few points for a suggestion (lightning_lr_find then takes the steepest descent itself).
-TUNER_NOTICES = ("Restoring states from the checkpoint path", "Restored all states", "`weights_only` was not set",
-                 "`Trainer.fit` stopped: `max_steps=", "Failed to compute suggestion for learning rate")
+               "Trainer already configured with model summary callbacks",
+               # restoring a checkpoint (a resumed run, the Tuner's own): the machine's path of the file; the run
+               # says "resuming after epoch N" itself
+               "Restoring states from the checkpoint path", "Restored all states", "`weights_only` was not set")
+# The Tuner's stop after its steps, and its note when a short test gives it too few points for a suggestion
+# (lightning_lr_find then takes the steepest descent itself).
+TUNER_NOTICES = ("`Trainer.fit` stopped: `max_steps=", "Failed to compute suggestion for learning rate")
 
 
 @contextmanager
@@ -481,13 +484,15 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     with ctrl_c_raises(trainer), lightning_notices_hidden(*RUN_NOTICES):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         finished = len(history.history) == module.cfg.epochs  # not after --stop-after: TTA is the end's figure
-        tta = (trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"]
-               if module.cfg.tta and finished and not fast_dev_run else None)
+        tta = {}
+        if module.cfg.tta and finished and not fast_dev_run:
+            # the recipe's TTA, and (with shifted views) the flip alone: what the shifts add, from the same weights
+            for key, module.test_shift in tta_variants(module.cfg).items():
+                tta[key] = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"]
     if not trainer.is_global_zero:
         return RunResult({}, module.evaluated, lr_result, is_global_zero=False)
     metrics = run_metrics(trainer, module)
-    if tta is not None:
-        metrics["final_test_accuracy_tta"] = tta
+    metrics.update(tta)
     metrics["wall_seconds"] = time.perf_counter() - history.run_start
     if fast_dev_run:
         return RunResult(metrics, module.evaluated, lr_result)

@@ -247,10 +247,14 @@ def plot_csv_log(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Figu
     """What Lightning logged, by optimizer step: per-step and per-epoch loss and accuracy, and the LR. ``paths``:
     one ``metrics.csv``, or a resumed run's parts in order (``RunFolder.csv_logs``; their steps run on)."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    parts = [read_csv_log(path) for path in paths]
     series: dict[str, list[tuple[float, float]]] = {}
-    for path in paths:
-        for key, values in read_csv_log(path).items():
-            series.setdefault(key, []).extend(values)
+    for part, later in zip(parts, [*parts[1:], None]):
+        # A part killed mid-epoch logged steps after its last checkpoint, which the next part logs again: the next
+        # part's values stand from its first step on.
+        end = min((values[0][0] for values in later.values() if values), default=math.inf) if later else math.inf
+        for key, values in part.items():
+            series.setdefault(key, []).extend(v for v in values if v[0] < end)
     panels = [("loss", ["train_loss_step", "train_loss", "val_loss"]),
               ("accuracy", ["train_acc_step", "train_acc", "val_acc"]),
               ("learning rate", sorted(k for k in series if k.startswith("lr-")))]

@@ -10,9 +10,10 @@ import os
 import statistics
 from pathlib import Path
 
+from .config import recipe_changes
 from .errors import UserError
 
-KEY_FIELDS = ("trainer", "recipe", "epochs", "train_images", "device")
+KEY_FIELDS = ("trainer", "recipe", "changes", "epochs", "train_images", "device")
 
 
 def load_runs(folder: str | os.PathLike) -> list[dict]:
@@ -40,7 +41,8 @@ def load_runs(folder: str | os.PathLike) -> list[dict]:
 NUMBER, TEXT = (int, float), str
 # What the table reads, and as what: (key, types, required). bool is an int to isinstance, so it is refused apart.
 FIELDS = (("final_test_accuracy", NUMBER, True), ("wall_seconds", NUMBER, True), ("train_images", int, True),
-          ("final_test_accuracy_tta", NUMBER, False), ("epochs_completed", int, False), ("trainer", TEXT, False),
+          ("final_test_accuracy_tta", NUMBER, False), ("final_test_accuracy_flip_tta", NUMBER, False),
+          ("epochs_completed", int, False), ("trainer", TEXT, False),
           ("device", TEXT, False), ("command", TEXT, False))
 CONFIG_FIELDS = (("epochs", int, True), ("seed", int, True), ("recipe", TEXT, False))
 KIND_NAMES = {NUMBER: "a number", int: "a whole number", TEXT: "text"}
@@ -63,16 +65,18 @@ def _problem(run) -> str | None:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """One row per (trainer, recipe, epochs, training images, device): seeds, mean and spread of accuracy."""
+    """One row per (trainer, recipe and its changes, epochs, training images, device): seeds, mean and spread of
+    accuracy. A run made with ``--set`` (an ablation) is its own row."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        key = (run.get("trainer", "torch"), run["config"].get("recipe", "?"), run["config"]["epochs"],
-               run.get("train_images"), run.get("device"))
+        key = (run.get("trainer", "torch"), run["config"].get("recipe", "?"), " ".join(recipe_changes(run["config"])),
+               run["config"]["epochs"], run.get("train_images"), run.get("device"))
         groups.setdefault(key, []).append(run)
     rows = []
     for key, group in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
         acc = [100 * r["final_test_accuracy"] for r in group]
         tta = [100 * r["final_test_accuracy_tta"] for r in group if "final_test_accuracy_tta" in r]
+        flip = [100 * r["final_test_accuracy_flip_tta"] for r in group if "final_test_accuracy_flip_tta" in r]
         rows.append({
             **dict(zip(KEY_FIELDS, key)),
             "seeds": sorted(r["config"]["seed"] for r in group),
@@ -80,6 +84,8 @@ def summarise(runs: list[dict]) -> list[dict]:
             "min": min(acc), "max": max(acc),
             # Flip TTA is reported beside the headline, over the runs made with --tta (not every run has it).
             "tta_mean": statistics.mean(tta) if tta else None, "tta_runs": len(tta),
+            # A recipe whose TTA also shifts the views (tta_shift) reports the flip alone too, from the same runs.
+            "flip_tta_mean": statistics.mean(flip) if flip else None,
             "wall_minutes": statistics.mean(r["wall_seconds"] for r in group) / 60,
             "commands": sorted({r["command"] for r in group if r.get("command")}),
             "files": [r["_file"] for r in group],
@@ -88,15 +94,21 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """The table; "with TTA" is the recipe's (flip, plus the shifted views of a tta_shift recipe), and a column for
+    the flip alone appears when a run measured it beside shifted views."""
+    flip_column = any(r["flip_tta_mean"] is not None for r in rows)
     lines = ["| trainer | recipe | epochs | train images | seeds | test accuracy % (mean ± std, min–max) "
-             "| with flip TTA % | device | wall time / run | command |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| with TTA % |{' flip TTA alone % |' if flip_column else ''} device | wall time / run | command |",
+             "|---|---|---|---|---|---|---|" + "---|" * flip_column + "---|---|---|"]
     for r in rows:
         tta = f"{r['tta_mean']:.2f}" if r["tta_mean"] is not None else "–"
         if 0 < r["tta_runs"] < len(r["seeds"]):
             tta += f" ({r['tta_runs']} of {len(r['seeds'])} runs)"
+        if flip_column:
+            tta += f" | {r['flip_tta_mean']:.2f}" if r["flip_tta_mean"] is not None else " | –"
         command = "<br>".join(f"`{c}`" for c in r["commands"]) or "–"
-        lines.append(f"| {r['trainer']} | {r['recipe']} | {r['epochs']} | {r['train_images']:,} "
+        recipe = f"{r['recipe']} `--set {' --set '.join(r['changes'].split())}`" if r["changes"] else r["recipe"]
+        lines.append(f"| {r['trainer']} | {recipe} | {r['epochs']} | {r['train_images']:,} "
                      f"| {', '.join(map(str, r['seeds']))} | {r['mean']:.2f} ± {r['std']:.2f} "
                      f"({r['min']:.2f}–{r['max']:.2f}) | {tta} | {r['device']} | {r['wall_minutes']:.1f} min "
                      f"| {command} |")

@@ -95,10 +95,14 @@ def test_compare_runs_compares_two_runs_already_made_and_draws_them(tmp_path):
     assert again.returncode == 2 and "already holds a comparison" in again.stderr
 
     (tmp_path / "other.json").write_text(json.dumps(metrics("lightning", epochs=12)))
+    (tmp_path / "half.json").write_text(json.dumps({**metrics("lightning"), "epochs_completed": 1}))
+    (tmp_path / "junk.json").write_text(json.dumps({"trainer": "lightning"}))
     for args, message in (
             ([tmp_path / "lit", tmp_path / "torch.json"], "is a run of the 'lightning' trainer; give the plain"),
             ([tmp_path / "torch.json", tmp_path / "other.json"], "ran different recipes"),
             ([tmp_path / "torch.json", tmp_path / "missing"], "--runs: cannot read"),
+            ([tmp_path / "torch.json", tmp_path / "half.json"], "is unfinished (1 of 24 epochs)"),
+            ([tmp_path / "torch.json", tmp_path / "junk.json"], "is not a run's metrics.json"),
             ([tmp_path / "torch.json", tmp_path / "lit", "--epochs", "3"], "drop --epochs")):
         r = cli("compare", "--runs", *args, "--out", tmp_path / "cmp2")
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

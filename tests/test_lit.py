@@ -236,12 +236,15 @@ def test_lightnings_notices_are_hidden_and_the_run_says_what_it_trains_on(data, 
     keep = Keep()
     logging.getLogger("pytorch_lightning").addHandler(keep)
     try:
-        cfg = make_config("best", epochs=1, subset=128, test_subset=64, batch_size=32, num_workers=0)
-        fit_lightning(replace(cfg, max_lr=None), tmp_path, data=data, lr_finder="lightning", log=lines.append)
+        cfg = make_config("best", epochs=2, subset=128, test_subset=64, batch_size=32, num_workers=0)
+        fit_lightning(replace(cfg, max_lr=None), tmp_path, data=data, lr_finder="lightning", log=lines.append,
+                      stop_after=1)
+        fit_lightning(cfg, tmp_path, data=data, resume=tmp_path, log=lines.append)  # restores the checkpoint
     finally:
         logging.getLogger("pytorch_lightning").removeHandler(keep)
     assert lines[0].startswith("LR range test (Lightning Tuner.lr_find) suggests max_lr = ")
     assert lines[1].startswith("custom_resnet: 6,573,120 parameters | cpu x1, ") and "128 train / 64 test" in lines[1]
+    assert lines[2:] == [lines[1], "resuming after epoch 1 of 2"]
     for notice in ("GPU available", "TPU available", "Automatic Mixed Precision", "Tip:", "stepping batches",
                    "already configured with model summary", "Restoring states", "weights_only"):
         assert not any(notice in message for message in records), (notice, records)

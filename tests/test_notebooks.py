@@ -124,7 +124,7 @@ def test_the_lesson_opens_with_what_the_student_learns_and_the_runs_provenance_i
 def test_on_colab_the_first_code_cell_checks_for_a_gpu_before_anything_is_installed(notebook):
     first, second = (json.loads(notebook.read_text())["cells"][i] for i in (1, 2))
     first, second = "".join(first["source"]), "".join(second["source"])
-    assert "nvidia-smi" in first and "Change runtime type" in first and "pip" not in first
+    assert "torch.cuda.is_available()" in first and "Change runtime type" in first and "pip" not in first
     assert "pip install" in second
 
 

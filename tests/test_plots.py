@@ -146,9 +146,12 @@ def test_lightning_csv_log_is_read_per_metric_and_plotted(tmp_path):
     part2 = tmp_path / "version_1" / "metrics.csv"
     part2.parent.mkdir()
     part2.write_text("epoch,lr-SGD,step,val_acc,val_loss\n,0.01,29,,\n2,,56,0.45,1.5\n")
+    # the first part also logged step 37's val_acc and 19's LR; the second part's LR starts at step 29: kept
     fig = plot_csv_log([log, part2])
     val_acc = next(line for line in fig.axes[1].lines if line.get_label() == "val_acc")
-    assert list(val_acc.get_xdata()) == [18.0, 37.0, 56.0] and list(val_acc.get_ydata()) == [0.31, 0.38, 0.45]
+    assert list(val_acc.get_xdata()) == [18.0, 56.0] and list(val_acc.get_ydata()) == [0.31, 0.45]  # 37 redone
+    lr = next(line for line in fig.axes[2].lines if line.get_label() == "lr-SGD")
+    assert list(lr.get_xdata()) == [9.0, 19.0, 29.0]
 
 
 def test_the_planned_schedule_marks_its_peak_epoch_and_the_range_tests_lr():

@@ -92,3 +92,40 @@ def test_results_command_prints_the_table(tmp_path):
     empty = subprocess.run([sys.executable, "-m", "cifar_s12", "results", "--dir", str(tmp_path / "empty")],
                            capture_output=True, text=True, cwd=REPO_DIR)
     assert empty.returncode == 2 and empty.stderr.startswith("error: no finished runs")
+
+
+def test_an_ablation_made_with_set_is_its_own_row_named_by_its_changes(tmp_path):
+    from cifar_s12.config import apply_settings, make_config
+
+    def fast(seed, acc, *settings):
+        config = apply_settings(make_config("fast", seed=seed, data_dir="elsewhere"), list(settings)).to_dict()
+        return {**_run(seed, acc, epochs=12, done=12), "config": config}
+
+    (tmp_path / "fast-seed1.json").write_text(json.dumps(fast(1, 0.941)))
+    (tmp_path / "fast-seed2.json").write_text(json.dumps(fast(2, 0.943)))
+    (tmp_path / "fast-no-ema.json").write_text(json.dumps(fast(1, 0.935, "ema_decay=null")))
+    (tmp_path / "fast-random.json").write_text(json.dumps(fast(1, 0.939, "augment.flip=random", "tta_shift=0")))
+    rows = summarise(load_runs(tmp_path))
+    assert [(r["changes"], r["seeds"]) for r in rows] == [
+        ("", [1, 2]), ("ema_decay=null", [1]), ('tta_shift=0 augment.flip="random"', [1])]
+    table = markdown_table(rows)
+    assert "| fast `--set ema_decay=null` | 12 |" in table
+    assert '| fast `--set tta_shift=0 --set augment.flip="random"` |' in table
+
+
+def test_the_committed_results_make_the_readme_table():
+    """Every JSON directly in results/ is a finished run: `python -m cifar_s12 results` reads them all."""
+    from cifar_s12.dataset import REPO_DIR
+
+    rows = summarise(load_runs(REPO_DIR / "results"))
+    assert rows and all(r["mean"] > 90 for r in rows)
+
+
+def test_the_flip_alone_gets_a_column_when_a_recipe_with_shifted_views_measured_it(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({**_run(1, 0.940, tta=0.945), "final_test_accuracy_flip_tta": 0.943}))
+    (tmp_path / "b.json").write_text(json.dumps(_run(1, 0.930, trainer="lightning")))
+    table = markdown_table(summarise(load_runs(tmp_path)))
+    assert "| with TTA % | flip TTA alone % |" in table.splitlines()[0]
+    assert "| 94.50 | 94.30 |" in table and "| – | – |" in table
+    (tmp_path / "a.json").unlink()  # no run measured the flip alone: no column for it
+    assert "flip TTA alone" not in markdown_table(summarise(load_runs(tmp_path)))

@@ -20,7 +20,7 @@ from cifar_s12.config import make_config
 from cifar_s12.dataset import CifarData, Split
 from cifar_s12.errors import UserError
 from cifar_s12.lit import fit_lightning
-from cifar_s12.run_folder import RunFolder, continue_or_start
+from cifar_s12.run_folder import FINISHED, RunFolder, continue_or_start
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda *_: None)
@@ -85,25 +85,31 @@ def test_a_notebooks_training_cell_run_again_continues_an_interrupted_run(straig
     """The notebooks' training cell: ``resume = continue_or_start(OUT, trainer, cfg)`` then fit(resume=resume)."""
     folder, cfg = RunFolder(tmp_path), recipe(workers)
     (tmp_path / "notes.txt").write_text("mine")
-    assert continue_or_start(tmp_path, trainer, cfg) is None  # nothing to continue: a new run
+    assert continue_or_start(tmp_path, trainer, cfg, log=QUIET["log"]) is None  # nothing to continue: a new run
     FITS[trainer](cfg, tmp_path, data=data, stop_after=1, **QUIET)  # ... which a disconnect stops after epoch 1
     other = "lightning" if trainer == "torch" else "torch"
     resume = continue_or_start(tmp_path, trainer, replace(cfg, num_workers=0, data_dir="elsewhere"))
     assert resume == (folder.train_state if trainer == "torch" else folder.lightning_last)  # where the data is: free
     FITS[trainer](cfg, tmp_path, data=data, resume=resume, **QUIET)
     assert_same_run(straight(trainer, workers), folder)
-    # Run again once the run has finished, the cell trains anew: the earlier run's files go, the user's stay.
-    assert continue_or_start(tmp_path, trainer, cfg) is None
-    assert folder.written() == [] and (tmp_path / "notes.txt").read_text() == "mine"
-    # So it does when the recipe in the cell has changed, or when the other trainer's cell is pointed here.
+    # Run again once the run has finished ("Run all" after a reconnect): nothing to train, the run stays.
+    written = folder.written()
+    assert continue_or_start(tmp_path, trainer, cfg) == FINISHED and folder.written() == written
+    # A new run when the recipe in the cell has changed, or the other trainer's cell is pointed here: the earlier
+    # run's files go first, the user's own stay. A recipe whose max LR a range test finds continues its run with
+    # the LR that test found.
     checkpoint = folder.train_state if trainer == "torch" else folder.lightning_last
-    for cfg_now, trainer_now, continues in ((cfg, trainer, True), (replace(cfg, max_lr=0.2), trainer, False),
-                                            (cfg, other, False)):
+    for saved_lr, cfg_now, trainer_now, continues in ((None, cfg, trainer, True),
+                                                      (None, replace(cfg, max_lr=0.2), trainer, False),
+                                                      (None, cfg, other, False),
+                                                      (0.087, replace(cfg, max_lr=None), trainer, True)):
         folder.checkpoints.mkdir(exist_ok=True)
         checkpoint.write_bytes(b"")  # an interrupted run's files, as far as continue_or_start looks
-        folder.metrics.write_text(json.dumps({"trainer": trainer, "config": cfg.to_dict(), "epochs_completed": 1}))
+        saved = replace(cfg, max_lr=saved_lr or cfg.max_lr).to_dict()
+        folder.metrics.write_text(json.dumps({"trainer": trainer, "config": saved, "epochs_completed": 1}))
         assert continue_or_start(tmp_path, trainer_now, cfg_now) == (checkpoint if continues else None)
         assert folder.has_run() == continues
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_the_number_of_loader_workers_does_not_change_the_run(straight):
@@ -243,3 +249,10 @@ def test_the_fast_recipes_parts_make_the_same_run_in_both_trainers_and_resume_ex
     lit = fit_lightning(cfg, tmp_path / "lit", data=data, resume=tmp_path / "lit", **QUIET).metrics
     assert_same_run(RunFolder(tmp_path / "torch"), RunFolder(tmp_path / "lit"))
     assert lit["final_test_accuracy_tta"] == plain["final_test_accuracy_tta"]
+    # With shifted views each trainer also reports the flip alone, from the same weights, as an independent pass
+    # of the saved model finds (one image of the 32 may differ: rounding).
+    assert lit["final_test_accuracy_flip_tta"] == plain["final_test_accuracy_flip_tta"]
+    from test_train import flip_tta_accuracy
+
+    expected = flip_tta_accuracy(tmp_path / "torch" / "model.pt", cfg, data)
+    assert plain["final_test_accuracy_flip_tta"] == pytest.approx(expected, abs=1 / 32 + 1e-9)
