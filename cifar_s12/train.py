@@ -23,7 +23,7 @@ from .checkpoints import read_train_state, save_checkpoint
 from .config import TrainConfig, resume_config
 from .dataset import CifarData
 from .errors import UserError
-from .lr_find import LRFindResult, find_lr, range_test_iters
+from .lr_find import LR_FINDERS, LRFindResult, find_lr, range_test_iters
 from .model import count_parameters
 from .run_folder import RunFolder, resume_file
 from .runtime import Runtime, predict_logits
@@ -131,13 +131,13 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
     if len(train_loader) == 0:
         raise UserError(f"no training batches: {len(data.train)} images with batch size {cfg.batch_size}")
     model = runtime.prepare(build_model_for(cfg))
-    log(describe_run(cfg, model, runtime.describe(), data))
 
     lr_result = None
     if cfg.max_lr is None:  # a resumed run has the max LR its first part found
         lr_result = find_lr(model, train_loader, cfg, runtime, num_iter=range_test_iters(len(train_loader)))
-        log(f"LR range test suggests max_lr = {lr_result.suggested_lr:.3g}")
+        log(f"LR range test ({LR_FINDERS['torch']}) suggests max_lr = {lr_result.suggested_lr:.3g}")  # as Lightning's
         cfg = replace(cfg, max_lr=lr_result.suggested_lr)
+    log(describe_run(cfg, model, runtime.describe(), data))
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, cfg.max_lr, len(train_loader))

@@ -45,9 +45,13 @@ def test_find_lr_feeds_onecycle_and_tta_is_reported(data, tmp_path):
     cfg = replace(make_config("best", epochs=1, subset=128, test_subset=64, batch_size=32, tta=True, num_workers=0,
                               precision="fp32"),  # fp32: the TTA check below recomputes the accuracy exactly
                   max_lr=None)  # None: find it (make_config treats None as "keep the preset's")
-    result = fit(cfg, out_dir=tmp_path, data=data, log=lambda *_: None)
+    lines = []
+    result = fit(cfg, out_dir=tmp_path, data=data, log=lines.append)
     m = result.metrics
     assert result.lr_find is not None and m["config"]["max_lr"] == result.lr_find.suggested_lr
+    # The same first lines as the Lightning trainer's (test_lit): the range test's LR, then what trains on what.
+    assert lines[0] == f"LR range test (torch-lr-finder) suggests max_lr = {result.lr_find.suggested_lr:.3g}"
+    assert lines[1].startswith("custom_resnet: 6,573,120 parameters | cpu, fp32 | 128 train / 64 test")
     found = result.lr_find.suggested_lr  # OneCycle is planned with it: the same schedule as a run given that max LR
     planned = planned_lrs(replace(cfg, max_lr=found), found, steps_per_epoch=128 // 32)
     assert m["lr_schedule"] == pytest.approx(planned)
