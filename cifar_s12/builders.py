@@ -5,6 +5,8 @@ so none of them can drift from the others.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -126,8 +128,11 @@ def load_data(cfg: TrainConfig, data: CifarData | None = None) -> CifarData:
 def build_loaders(cfg: TrainConfig, data: CifarData, rank: int = 0, world_size: int = 1):
     """Training loader (each epoch's order and each image's augmentations drawn from ``cfg.seed``, the epoch and
     the image: see dataset.EpochSampler) and test loader; under DDP, process ``rank``'s share of each."""
+    late = cfg.augment.cutout_epochs  # after that many epochs, the same pipeline without cutout
     train_ds = CifarDataset(data.train, train_transform(cfg.augment), seed=cfg.seed,
-                            alternate_flips=cfg.augment.flip == "alternating")
+                            alternate_flips=cfg.augment.flip == "alternating",
+                            late_transform=train_transform(replace(cfg.augment, cutout_p=0.0)) if late is not None
+                            else None, late_from_epoch=late)
     test_ds = CifarDataset(data.test, test_transform())
     return (make_loader(train_ds, cfg.batch_size, train=True, num_workers=cfg.num_workers, seed=cfg.seed,
                         rank=rank, world_size=world_size),

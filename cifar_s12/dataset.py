@@ -210,9 +210,12 @@ class CifarDataset(Dataset):
     DDP process the same draws.) Without a seed, indices are plain ints (evaluation: no randomness).
     """
 
-    def __init__(self, split: Split, transform, seed: int | None = None, alternate_flips: bool = False):
+    def __init__(self, split: Split, transform, seed: int | None = None, alternate_flips: bool = False,
+                 late_transform=None, late_from_epoch: int | None = None):
         self.images, self.labels, self.transform, self.seed = split.images, split.labels, transform, seed
         self.alternate_flips = alternate_flips and seed is not None  # AugmentConfig.flip == "alternating"
+        # From (0-based) epoch ``late_from_epoch`` on, ``late_transform`` instead (AugmentConfig.cutout_epochs).
+        self.late_transform, self.late_from_epoch = late_transform, late_from_epoch
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -220,11 +223,13 @@ class CifarDataset(Dataset):
     def __getitem__(self, key) -> tuple[torch.Tensor, int]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         image = self.images[index]
+        late = self.late_transform is not None and epoch >= self.late_from_epoch
+        transform = self.late_transform if late else self.transform
         if self.seed is not None:
-            self.transform.set_random_seed(sample_seed(self.seed, epoch, index))
+            transform.set_random_seed(sample_seed(self.seed, epoch, index))
         if self.alternate_flips and (flip_parity(self.seed, index) + epoch) % 2:
             image = image[:, ::-1]
-        return self.transform(image=np.ascontiguousarray(image))["image"], int(self.labels[index])
+        return transform(image=np.ascontiguousarray(image))["image"], int(self.labels[index])
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -30,6 +30,9 @@ class AugmentConfig:
     flip: str = "random"
     cutout_size: int = 8      # one square hole, filled with the data mean (0 after normalisation)
     cutout_p: float = 1.0     # every image (Page's recipe); the course preset uses 0.5
+    # Cutout in the first N epochs only (None: in all): the last epochs of a short run train on whole images, the
+    # ones it is tested on (dataset.CifarDataset switches pipelines by epoch).
+    cutout_epochs: int | None = None
     gray_p: float = 0.0       # optional ToGray
 
 

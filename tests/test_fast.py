@@ -94,6 +94,28 @@ def test_alternating_flips_show_each_image_mirrored_in_one_of_two_epochs():
     assert 10 < sum(mirrored) < 54  # about half of the images start mirrored
 
 
+def test_cutout_stops_after_cutout_epochs_and_the_rest_of_the_pipeline_stays():
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 255, (32, 32, 32, 3), dtype=np.uint8)
+    split = Split(images, np.zeros(32, np.int64))
+    data = CifarData(split, split, "generated")
+
+    def epoch(augment, e):
+        loader = build_loaders(make_config("best", batch_size=32, num_workers=0, augment=augment), data)[0]
+        loader.sampler.set_epoch(e)
+        (x, _), = list(loader)
+        return x
+
+    def holes(x):  # images with an 8x8 square of zeros (the cutout's fill; the images have no zero pixel)
+        return sum(bool((img.abs().sum(0) == 0).sum() >= 64) for img in x)
+
+    for e in (0, 1):  # cutout in the first epoch only: the same draws otherwise (crop, flip) from the same seeds
+        assert holes(epoch(AugmentConfig(cutout_epochs=1), e)) == (32 if e == 0 else 0)
+        without = epoch(AugmentConfig(cutout_p=0.0), e)
+        assert torch.equal(epoch(AugmentConfig(cutout_epochs=1), e), epoch(AugmentConfig(), e) if e == 0 else without)
+    assert RECIPES["best"].augment.cutout_epochs is None  # best and course: cutout in every epoch
+
+
 def test_shifted_tta_averages_the_moved_views_and_translate_moves_the_image():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     assert translate(x, 1)[0, 0, 1:, 1:].equal(x[0, 0, :3, :3])  # down and right by one
