@@ -129,13 +129,18 @@ def apply_settings(cfg: TrainConfig, settings: list[str]) -> TrainConfig:
 LOADING_FIELDS = ("data_dir", "download", "num_workers")
 
 
+def _as_saved(cfg: TrainConfig) -> dict:
+    """``cfg`` as metrics.json holds it (tuples as lists), so it compares equal to a saved run's config."""
+    import json
+
+    return json.loads(json.dumps(cfg.to_dict()))
+
+
 def same_recipe(saved: dict, cfg: TrainConfig) -> bool:
     """Whether ``saved`` (a run's ``config``, as metrics.json and checkpoints hold it) is ``cfg``'s recipe. A field
     that a run from before it existed lacks counts as its default (defaults leave the recipes as they were); with
     ``cfg.max_lr`` None (an LR range test picks it) any max LR is the one that test found."""
-    import json
-
-    theirs, ours = (json.loads(json.dumps(c.to_dict())) for c in (TrainConfig.from_dict(saved), cfg))  # tuples: lists
+    theirs, ours = _as_saved(TrainConfig.from_dict(saved)), _as_saved(cfg)
     ignored = {*LOADING_FIELDS, *(["max_lr"] if cfg.max_lr is None else [])}
     return all(theirs[k] == v for k, v in ours.items() if k not in ignored)
 
@@ -153,7 +158,7 @@ def recipe_changes(saved: dict) -> list[str]:
     recipe = saved.get("recipe", "best")
     if recipe not in RECIPES:
         return []
-    theirs, preset = (json.loads(json.dumps(c.to_dict())) for c in (TrainConfig.from_dict(saved), RECIPES[recipe]))
+    theirs, preset = _as_saved(TrainConfig.from_dict(saved)), _as_saved(RECIPES[recipe])
     flat = [(k, v, preset[k]) for k, v in theirs.items() if k != "augment" and k not in NOT_RECIPE_CHANGES]
     flat += [(f"augment.{k}", v, preset["augment"][k]) for k, v in theirs["augment"].items()]
     return [f"{name}={json.dumps(value)}" for name, value, default in flat if value != default]

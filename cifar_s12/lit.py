@@ -487,7 +487,8 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
         tta = {}
         if module.cfg.tta and finished and not fast_dev_run:
             # the recipe's TTA, and (with shifted views) the flip alone: what the shifts add, from the same weights
-            for key, module.test_shift in tta_variants(module.cfg).items():
+            for key, shift in tta_variants(module.cfg).items():
+                module.test_shift = shift
                 tta[key] = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test_acc"]
     if not trainer.is_global_zero:
         return RunResult({}, module.evaluated, lr_result, is_global_zero=False)
