@@ -38,7 +38,7 @@ from .run_folder import LIGHTNING_BEST, LIGHTNING_LAST, RunFolder, resume_file
 from .runtime import Runtime, accelerator_device, lightning_precision, predict_logits
 from .train import (RunResult, describe_run, format_epoch, new_metrics, record_epoch, save_outputs,
                     save_run_figures, tta_variants)
-from .utils import cli_command, seed_epoch, seed_everything, write_json
+from .utils import cli_command, provenance, provenance_of_parts, seed_epoch, seed_everything, write_json
 
 # Lightning's own notices that a user cannot act on: an internal deprecation of its pytree code under newer torch,
 # and ModelSummary's note that it sizes bf16 parameters as fp32 (they are fp32: autocast keeps fp32 weights).
@@ -223,7 +223,8 @@ class EpochHistory(Callback):
 
     images_per_second = training images (all processes) / wall time of the training part of the epoch, as in
     train.train_epoch. Its state is saved in checkpoints, so a resumed run's metrics.json has every epoch, the
-    wall time of all its parts, and the commands that made them (``command``: the first, then each ``--resume``).
+    wall time of all its parts, the commands that made them (``command``: the first, then each ``--resume``) and the
+    commit each ran at (``utils.provenance_of_parts``).
     """
 
     def __init__(self, after_epoch=None, wall_start: float | None = None, before_training=None):
@@ -234,6 +235,7 @@ class EpochHistory(Callback):
         self.wall_start = time.perf_counter() if wall_start is None else wall_start
         self.earlier_seconds = 0.0  # wall time of the parts before a --resume
         self.commands = [cli_command()]
+        self.parts = [provenance()]  # each part's git commit and versions, oldest first
 
     @property
     def run_start(self) -> float:
@@ -277,13 +279,14 @@ class EpochHistory(Callback):
 
     def state_dict(self) -> dict:
         return {"history": self.history, "lrs": self.lrs, "wall_seconds": time.perf_counter() - self.run_start,
-                "commands": self.commands}
+                "commands": self.commands, "parts": self.parts}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history, self.lrs = list(state_dict["history"]), list(state_dict["lrs"])
         # Checkpoints from before these keys: their earlier part's time and command are unknown.
         self.earlier_seconds = float(state_dict.get("wall_seconds", 0.0))
         self.commands = [*state_dict.get("commands", [None]), *self.commands[-1:]]
+        self.parts = [*state_dict.get("parts", [{}]), *self.parts[-1:]]
 
 
 def _grad_scale(trainer: pl.Trainer) -> float | None:
@@ -457,7 +460,7 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     def run_metrics(trainer: pl.Trainer, module: CifarLitModule) -> dict:
         metrics = new_metrics("lightning", module.cfg, module.model, describe_trainer(trainer), datamodule.data,
                               datamodule.train_dataloader().num_workers)
-        metrics["command"] = history.command
+        metrics.update(command=history.command, **provenance_of_parts(history.parts))
         for row in history.history:
             record_epoch(metrics, row, history.lrs, history.run_start)
         return metrics

@@ -27,7 +27,8 @@ from .lr_find import LR_FINDERS, LRFindResult, find_lr, range_test_iters
 from .model import count_parameters
 from .run_folder import RunFolder, resume_file
 from .runtime import Runtime, predict_logits
-from .utils import cli_command, interrupts_deferred, provenance, seed_epoch, seed_everything, write_json
+from .utils import (cli_command, interrupts_deferred, provenance, provenance_of_parts, seed_epoch, seed_everything,
+                    write_json)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -201,7 +202,8 @@ def restore_training(state: dict, model, optimizer, scheduler, runtime: Runtime,
     metrics.update(history=list(earlier["history"]), lr_schedule=list(earlier["lr_schedule"]),
                    final_test_accuracy=earlier.get("final_test_accuracy"),
                    epochs_completed=earlier["epochs_completed"], command=" && ".join(commands) or None,
-                   earlier_seconds=float(earlier.get("wall_seconds", 0.0)))
+                   earlier_seconds=float(earlier.get("wall_seconds", 0.0)),
+                   **provenance_of_parts([*earlier.get("parts", [earlier]), metrics]))
     return earlier["epochs_completed"] + 1
 
 

@@ -59,6 +59,21 @@ def provenance() -> dict:
             "versions": {name: version(name) for name in ("torch", "pytorch-lightning", "albumentations")}}
 
 
+PROVENANCE_KEYS = ("git_commit", "git_clean", "versions")
+
+
+def provenance_of_parts(parts: list[dict]) -> dict:
+    """The provenance of a run trained in parts (``--resume``), each part's as ``provenance()`` gave it, oldest
+    first: ``git_commit`` and ``versions`` are the last part's, ``git_clean`` says whether every part ran on a clean
+    tree (None when a part could not tell), and ``parts`` keeps each part's, so no commit a run ran at is lost."""
+    parts = [{key: part.get(key) for key in PROVENANCE_KEYS} for part in parts]
+    if len(parts) == 1:
+        return parts[0]
+    cleans = [part["git_clean"] for part in parts]
+    clean = False if False in cleans else (None if None in cleans else True)
+    return {**parts[-1], "git_clean": clean, "parts": parts}
+
+
 def cpu_name() -> str:
     """The CPU's model name and core count (Linux's /proc/cpuinfo), for figures that depend on the machine."""
     try:

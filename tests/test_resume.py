@@ -112,6 +112,29 @@ def test_a_notebooks_training_cell_run_again_continues_an_interrupted_run(straig
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("trainer", ["torch", "lightning"])
+def test_a_run_made_in_parts_records_the_commit_of_each(data, tmp_path, monkeypatch, trainer):
+    import cifar_s12.lit as lit
+
+    def at(commit: str, clean: bool):
+        def fake() -> dict:
+            return {"git_commit": commit, "git_clean": clean, "versions": {"torch": commit[:3]}}
+        for module in (train, lit):
+            monkeypatch.setattr(module, "provenance", fake)
+
+    at("a" * 40, True)
+    first = FITS[trainer](recipe(0), tmp_path, data=data, stop_after=1, **QUIET).metrics
+    assert first["git_commit"] == "a" * 40 and first["git_clean"] is True and "parts" not in first
+    at("b" * 40, False)
+    FITS[trainer](recipe(0), tmp_path, data=data, resume=tmp_path, stop_after=2, **QUIET)
+    at("c" * 40, True)
+    FITS[trainer](recipe(0), tmp_path, data=data, resume=tmp_path, **QUIET)
+    saved = json.loads(RunFolder(tmp_path).metrics.read_text())
+    # The last part's commit and versions; clean only if every part was; each part's, oldest first.
+    assert (saved["git_commit"], saved["git_clean"], saved["versions"]) == ("c" * 40, False, {"torch": "ccc"})
+    assert [(p["git_commit"][0], p["git_clean"]) for p in saved["parts"]] == [("a", True), ("b", False), ("c", True)]
+
+
 def test_the_number_of_loader_workers_does_not_change_the_run(straight):
     assert_same_run(straight("torch", 0), straight("torch", 2))
     assert_same_run(straight("torch", 2), straight("lightning", 2))  # and both trainers make the same run
