@@ -21,6 +21,7 @@ from .dataset import CifarData
 from .errors import UserError
 from .lit import fit_lightning, range_test
 from .lr_find import LRFindResult
+from .results import is_finished, read_run
 from .run_folder import CompareFolder, RunFolder
 from .train import fit
 from .utils import seed_everything, write_json
@@ -54,21 +55,17 @@ def compare_runs(torch_run: str | os.PathLike, lightning_run: str | os.PathLike,
     CPU seconds are not known then."""
     metrics = {}
     for trainer, root in (("torch", torch_run), ("lightning", lightning_run)):
-        path = RunFolder(root).metrics if os.path.isdir(root) else Path(root)
         try:
-            metrics[trainer] = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise UserError(f"--runs: cannot read {path}: {err}") from None
-        m = metrics[trainer]
-        if not isinstance(m, dict) or not all(key in m for key in ("config", "history", "final_test_accuracy",
-                                                                   "wall_seconds")):
-            raise UserError(f"--runs: {path} is not a run's metrics.json")
+            m = read_run(RunFolder(root).metrics if os.path.isdir(root) else root, needs=("history",))
+        except UserError as err:
+            raise UserError(f"--runs: {err}") from None
         if m.get("trainer") != trainer:
             raise UserError(f"--runs: {root} is a run of the {m.get('trainer')!r} trainer; give the plain trainer's "
                             f"run first, then Lightning's")
-        if m.get("epochs_completed", m["config"].get("epochs")) != m["config"].get("epochs"):
-            raise UserError(f"--runs: {root} is unfinished ({m.get('epochs_completed')} of {m['config'].get('epochs')} "
+        if not is_finished(m):
+            raise UserError(f"--runs: {root} is unfinished ({m.get('epochs_completed')} of {m['config']['epochs']} "
                             f"epochs)")
+        metrics[trainer] = m
     if not same_recipe(metrics["torch"]["config"], TrainConfig.from_dict(metrics["lightning"]["config"])):
         raise UserError(f"--runs: {torch_run} and {lightning_run} ran different recipes; compare one recipe and seed")
     return write_comparison(CompareFolder(out_dir), metrics)

@@ -17,25 +17,38 @@ KEY_FIELDS = ("trainer", "recipe", "changes", "epochs", "train_images", "device"
 
 
 def load_runs(folder: str | os.PathLike) -> list[dict]:
+    """The finished runs among ``folder/*.json``, each checked (``read_run``); an unfinished run is not a result."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"results folder {folder} {'is a file' if folder.exists() else 'does not exist'}")
     runs = []
     for path in sorted(folder.glob("*.json")):
-        try:
-            run = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"cannot read run {path}: {err}") from None
-        if isinstance(run, dict):  # null is as good as absent (e.g. a run made without --tta)
-            run = {key: value for key, value in run.items() if value is not None}
-        problem = _problem(run)
-        if problem:
-            raise UserError(f"{path} is not a finished run's metrics.json: {problem}")
-        if run.get("epochs_completed", run["config"]["epochs"]) < run["config"]["epochs"]:
-            continue  # an unfinished run is not a result
-        run["_file"] = path.name
-        runs.append(run)
+        run = read_run(path)
+        if is_finished(run):
+            run["_file"] = path.name
+            runs.append(run)
     return runs
+
+
+def read_run(path: str | os.PathLike, needs: tuple[str, ...] = ()) -> dict:
+    """A run's metrics.json with every field the table reads checked (and ``needs``, further keys the caller
+    reads); a file that is not one is a UserError naming it and what is wrong. A null is as good as absent (e.g.
+    ``final_test_accuracy_tta`` of a run made without --tta), so it is dropped."""
+    try:
+        run = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read run {path}: {err}") from None
+    if isinstance(run, dict):
+        run = {key: value for key, value in run.items() if value is not None}
+    problem = _problem(run) or next((f"no {key}" for key in needs if key not in run), None)
+    if problem:
+        raise UserError(f"{path} is not a run's metrics.json: {problem}")
+    return run
+
+
+def is_finished(run: dict) -> bool:
+    """Whether a run (``read_run``'s) trained all its recipe's epochs."""
+    return run.get("epochs_completed", run["config"]["epochs"]) >= run["config"]["epochs"]
 
 
 NUMBER, TEXT = (int, float), str

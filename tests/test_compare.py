@@ -77,7 +77,7 @@ def test_compare_runs_compares_two_runs_already_made_and_draws_them(tmp_path):
         history = [{"epoch": n, "train_loss": 2.0 / n, "test_loss": 1.8 / n, "test_acc": 0.3 * n, "train_acc": 0.3 * n,
                     "images_per_second": 100.0 * n, "epoch_seconds": 1.0, "lr": 0.1} for n in (1, 2)]
         return {"trainer": trainer, "config": make_config("best", **config).to_dict(), "history": history,
-                "wall_seconds": 2.0, "final_test_accuracy": 0.6}
+                "wall_seconds": 2.0, "final_test_accuracy": 0.6, "train_images": 64}
 
     (tmp_path / "lit").mkdir()
     (tmp_path / "lit" / "metrics.json").write_text(json.dumps(metrics("lightning", data_dir="elsewhere")))
@@ -97,12 +97,14 @@ def test_compare_runs_compares_two_runs_already_made_and_draws_them(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(metrics("lightning", epochs=12)))
     (tmp_path / "half.json").write_text(json.dumps({**metrics("lightning"), "epochs_completed": 1}))
     (tmp_path / "junk.json").write_text(json.dumps({"trainer": "lightning"}))
+    (tmp_path / "flat.json").write_text(json.dumps({**metrics("lightning"), "history": None}))
     for args, message in (
             ([tmp_path / "lit", tmp_path / "torch.json"], "is a run of the 'lightning' trainer; give the plain"),
             ([tmp_path / "torch.json", tmp_path / "other.json"], "ran different recipes"),
             ([tmp_path / "torch.json", tmp_path / "missing"], "--runs: cannot read"),
             ([tmp_path / "torch.json", tmp_path / "half.json"], "is unfinished (1 of 24 epochs)"),
-            ([tmp_path / "torch.json", tmp_path / "junk.json"], "is not a run's metrics.json"),
+            ([tmp_path / "torch.json", tmp_path / "junk.json"], "junk.json is not a run's metrics.json: no config"),
+            ([tmp_path / "torch.json", tmp_path / "flat.json"], "flat.json is not a run's metrics.json: no history"),
             ([tmp_path / "torch.json", tmp_path / "lit", "--epochs", "3"], "drop --epochs")):
         r = cli("compare", "--runs", *args, "--out", tmp_path / "cmp2")
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

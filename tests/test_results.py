@@ -41,7 +41,7 @@ def test_tta_is_averaged_over_the_runs_that_have_it(tmp_path):
 
 def test_a_file_that_is_not_a_run(tmp_path):
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(UserError, match="x.json is not a finished run's metrics.json: no config"):
+    with pytest.raises(UserError, match="x.json is not a run's metrics.json: no config"):
         load_runs(tmp_path)
 
 
