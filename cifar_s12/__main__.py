@@ -154,12 +154,15 @@ def _make_room_for_new_run(out: Path, overwrite: bool, compare: bool = False) ->
     from .run_folder import CompareFolder, RunFolder
 
     folder = CompareFolder(out) if compare else RunFolder(out)
-    found = folder.written()
-    if found and not overwrite:
-        raise UserError(f"--out {out} already holds a run ({', '.join(p.name for p in found)}): choose another "
-                        f"folder, or pass --overwrite to replace it")
+    _refuse_to_replace(out, folder.written(), overwrite, "a run")
     if folder.remove_run():
         print(f"--overwrite: removed the earlier run's files from {out}", file=sys.stderr)
+
+
+def _refuse_to_replace(out: Path, found: list[Path], overwrite: bool, what: str) -> None:
+    if found and not overwrite:
+        raise UserError(f"--out {out} already holds {what} ({', '.join(p.name for p in found)}): choose another "
+                        f"folder, or pass --overwrite to replace it")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -233,9 +236,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         _refuse_recipe_flags(args, "--runs compares two runs as they were trained")
         # Only compare.json and compare.png are written: a folder holding the two runs themselves is fine.
         found = [p for p in (CompareFolder(out).summary, CompareFolder(out).figure) if p.exists()]
-        if found and not args.overwrite:
-            raise UserError(f"--out {out} already holds a comparison ({', '.join(p.name for p in found)}): choose "
-                            f"another folder, or pass --overwrite to replace it")
+        _refuse_to_replace(out, found, args.overwrite, "a comparison")
         s = compare_runs(*args.runs, out)
     else:
         _make_room_for_new_run(out, args.overwrite, compare=True)
