@@ -33,8 +33,7 @@ def train_step_throughput(cfg: TrainConfig, runtime: Runtime, batch_size: int, s
 
     The data is fixed so that only the model's arithmetic is timed; the loader is measured separately.
     """
-    # The starting weights do not change the arithmetic, so whiten_init's images are not needed here.
-    model = runtime.prepare(build_model_for(replace(cfg, whiten_init=False))).train()
+    model = runtime.prepare(build_model_for(cfg)).train()
     optimizer, criterion = build_optimizer(model, cfg, lr=0.01), build_criterion(cfg)
     x = runtime.inputs(torch.randn(batch_size, 3, 32, 32))
     y = torch.randint(0, 10, (batch_size,), device=runtime.device)
@@ -79,7 +78,7 @@ def training_flops_per_image(cfg: TrainConfig) -> float:
     rate, to hold against the hardware's peak."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model_for(replace(cfg, whiten_init=False)).train()
+    model = build_model_for(cfg).train()
     with FlopCounterMode(display=False) as counter:
         model(torch.zeros(2, 3, 32, 32)).sum().backward()  # 2 images: BatchNorm needs more than one in training
     return counter.get_total_flops() / 2

@@ -14,7 +14,7 @@ from .config import TrainConfig
 from .dataset import CifarData, CifarDataset, load_cifar10, make_loader, subset
 from .errors import UserError
 from .model import build_model
-from .transform import CIFAR10_MEAN, CIFAR10_STD, test_transform, train_transform
+from .transform import test_transform, train_transform
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig, lr: float):
@@ -104,49 +104,18 @@ def build_criterion(cfg: TrainConfig) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
-def build_model_for(cfg: TrainConfig, data: CifarData | None = None) -> nn.Module:
+def build_model_for(cfg: TrainConfig) -> nn.Module:
     """The recipe's network, initialised as the recipe says (``dirac_init``: each convolution's first
-    in-channels filters start as the identity, so a deep block first passes its input on, as in airbench;
-    ``whiten_init``: the first convolution starts from ``data``'s training images, see ``principal_patch_filters``)."""
+    in-channels filters start as the identity, so a deep block first passes its input on, as in airbench)."""
     try:
         model = build_model(cfg.model, **cfg.model_kwargs())
     except (ValueError, TypeError) as err:
         raise UserError(f"cannot build model {cfg.model!r}: {err}") from None
-    with torch.no_grad():
-        if cfg.dirac_init:
+    if cfg.dirac_init:
+        with torch.no_grad():
             for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
                 nn.init.dirac_(conv.weight[:min(conv.in_channels, conv.out_channels)])
-        if cfg.whiten_init:
-            if data is None:
-                raise ValueError("whiten_init: build_model_for needs the training images (data)")
-            # Each direction and its negative, so that the ReLU after BatchNorm keeps both halves; the filters
-            # left over (64 - 2 x 27 here) keep their random start. The other layers' weights are as without it.
-            first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-            filters = principal_patch_filters(data.train.images, first.kernel_size[0])
-            n = min(len(filters), first.out_channels // 2)
-            first.weight[:n] = filters[:n]
-            first.weight[n:2 * n] = -filters[:n]
     return model
-
-
-def principal_patch_filters(images, size: int = 3, sample: int = 5000) -> torch.Tensor:
-    """The principal directions of the normalised training images' ``size`` x ``size`` patches, largest variance
-    first, as unit-length convolution filters ``(3 size^2, 3, size, size)``.
-
-    A first convolution made of them gives uncorrelated channels from the first step: the idea of airbench's (and
-    D. Page's) patch-whitening layer, here as the starting point of the course network's own first layer, which then
-    trains as before. BatchNorm right after it scales each channel to unit variance, which completes the whitening,
-    so the filters need no 1/sqrt(eigenvalue) of their own. ``sample`` images, spread over the set, are enough for
-    a 27 x 27 covariance.
-    """
-    images = images[::max(1, len(images) // sample)][:sample]  # spread: an image folder is stored class by class
-    x = torch.from_numpy(images).double().div(255)
-    x = ((x - torch.tensor(CIFAR10_MEAN, dtype=torch.float64)) / torch.tensor(CIFAR10_STD, dtype=torch.float64))
-    patches = x.permute(0, 3, 1, 2).unfold(2, size, 1).unfold(3, size, 1)  # N, C, H', W', size, size
-    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * size * size)  # (C, kh, kw) as a filter is laid out
-    patches = patches - patches.mean(0)
-    variances, directions = torch.linalg.eigh(patches.T @ patches / len(patches))  # ascending variances
-    return directions.flip(1).T.reshape(-1, 3, size, size).float()
 
 
 def load_data(cfg: TrainConfig, data: CifarData | None = None) -> CifarData:

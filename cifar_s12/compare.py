@@ -126,5 +126,5 @@ def range_tests(kinds, cfg: TrainConfig, accelerator: str = "auto", data: CifarD
     results = {}
     for kind in kinds:
         seed_everything(cfg.seed)
-        results[kind] = range_test(kind, cfg, build_model_for(cfg, data), build_loaders(cfg, data), accelerator, **limits)
+        results[kind] = range_test(kind, cfg, build_model_for(cfg), build_loaders(cfg, data), accelerator, **limits)
     return results

@@ -40,7 +40,6 @@ class TrainConfig:
     ema_decay: float | None = None  # evaluate and save an exponential moving average of the weights and BatchNorm
     #                                 statistics, updated after every step with this decay (builders.build_ema)
     dirac_init: bool = False       # convolutions start as the identity on their first in-channels filters
-    whiten_init: bool = False      # the first convolution starts as the training patches' principal directions
     bn_weight_frozen: bool = False  # BatchNorm scales stay at their initial 1 (D. Page)
     bn_bias_lr_scale: float = 1.0  # BatchNorm biases learn at this multiple of the LR, weight decay divided by it
     seed: int = 1

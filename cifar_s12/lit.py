@@ -511,9 +511,7 @@ def _module_with_max_lr(cfg: TrainConfig, datamodule: CifarDataModule, trainer: 
     """The seeded model, with the max LR of an LR range test first when the recipe has none (as train.fit). A fast
     dev run (one batch, to check the setup) skips the range test: the optimizer's default LR does for one step."""
     seed_everything(cfg.seed)
-    # whiten_init starts from the training images, read here as setup() will (load_data; setup itself needs the
-    # Trainer's process ranks, which are not known yet).
-    model = build_model_for(cfg, load_data(cfg, datamodule.given) if cfg.whiten_init else None)
+    model = build_model_for(cfg)
     if cfg.max_lr is not None or fast_dev_run:
         return CifarLitModule.from_config(cfg, model=model), None
     if trainer.world_size > 1:

@@ -131,7 +131,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
     train_loader, test_loader = build_loaders(cfg, data)
     if len(train_loader) == 0:
         raise UserError(f"no training batches: {len(data.train)} images with batch size {cfg.batch_size}")
-    model = runtime.prepare(build_model_for(cfg, data))
+    model = runtime.prepare(build_model_for(cfg))
 
     lr_result = None
     if cfg.max_lr is None:  # a resumed run has the max LR its first part found

@@ -13,8 +13,7 @@ from cifar_s12.runtime import predict_logits, translate
 from cifar_s12.transform import AugmentConfig
 from cifar_s12.transform import test_transform as eval_transform  # not test_*: pytest would collect it
 
-PARTS = {"ema_decay": None, "tta_shift": 0, "dirac_init": False, "whiten_init": False, "bn_weight_frozen": False,
-         "bn_bias_lr_scale": 1.0}
+PARTS = {"ema_decay": None, "tta_shift": 0, "dirac_init": False, "bn_weight_frozen": False, "bn_bias_lr_scale": 1.0}
 
 
 def test_best_and_course_have_none_of_the_parts_and_fast_keeps_the_network():
@@ -56,40 +55,6 @@ def test_dirac_init_makes_a_square_convolution_the_identity():
     other = build_model_for(RECIPES["best"])
     same = [m for m in other.modules() if isinstance(m, nn.Conv2d) and m.in_channels == m.out_channels][0]
     assert not torch.allclose(same(x), x, atol=1e-2)
-
-
-def test_whiten_init_starts_the_first_convolution_with_uncorrelated_channels():
-    import torch.nn.functional as F
-    from cifar_s12.transform import CIFAR10_MEAN, CIFAR10_STD
-
-    # Smooth random images, so that neighbouring pixels and the colours are strongly correlated, as in photos.
-    rng = np.random.default_rng(0)
-    noise = torch.from_numpy(rng.normal(size=(300, 3, 40, 40))).float()
-    smooth = F.avg_pool2d(noise, 9, stride=1)[:, :, :32, :32] * 0.5 + noise[:, :1, :32, :32] * 0.05
-    images = ((smooth - smooth.min()) / (smooth.max() - smooth.min()) * 255).byte().permute(0, 2, 3, 1).numpy()
-    data = CifarData(Split(images, np.zeros(300, np.int64)), Split(images[:10], np.zeros(10, np.int64)), "generated")
-    cfg = make_config("best", whiten_init=True)
-    torch.manual_seed(0)
-    model = build_model_for(cfg, data)
-    torch.manual_seed(0)
-    plain = build_model_for(RECIPES["best"])
-    weight = model.prep[0].weight.detach()
-    assert torch.allclose(weight[27:54], -weight[:27]) and torch.allclose(weight[:27].flatten(1).norm(dim=1),
-                                                                           torch.ones(27), atol=1e-5)
-    # The filters left over, and every other layer, start as they would without it.
-    assert torch.equal(weight[54:], plain.prep[0].weight[54:])
-    assert all(torch.equal(a, b) for (name, a), (_, b) in zip(model.state_dict().items(), plain.state_dict().items())
-               if name != "prep.0.weight")
-    x = (torch.from_numpy(images).float() / 255 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)
-    for w, uncorrelated in ((weight[:27], True), (plain.prep[0].weight.detach()[:27], False)):
-        channels = F.conv2d(x.permute(0, 3, 1, 2), w).permute(1, 0, 2, 3).flatten(1)
-        correlation = torch.corrcoef(channels.double())
-        off_diagonal = (correlation - torch.eye(27, dtype=torch.float64)).abs().max().item()
-        assert (off_diagonal < 1e-3) if uncorrelated else (off_diagonal > 0.5)
-    variances = F.conv2d(x.permute(0, 3, 1, 2), weight[:27]).var(dim=(0, 2, 3))
-    assert (variances[:-1] >= variances[1:]).all()  # largest variance first
-    with pytest.raises(ValueError, match="needs the training images"):
-        build_model_for(cfg)
 
 
 def test_the_moving_average_trails_the_weights_by_its_ramped_decay():
