@@ -158,8 +158,10 @@ def _decode(folder) -> Split:
 
     images = np.empty((len(folder.samples), 32, 32, 3), dtype=np.uint8)
     labels = np.empty(len(folder.samples), dtype=np.int64)
-    # `with`: the bar is cleared before an error is printed, so the error line starts the line.
-    with tqdm(folder.samples, desc=f"decoding {Path(folder.root).name}", mininterval=2, leave=False) as bar:
+    # `with`: the bar is cleared before an error is printed, so the error line starts the line. disable=None: no bar
+    # where stderr is not a terminal (a log, CI, a notebook's captured output), which would keep its redraws as debris.
+    with tqdm(folder.samples, desc=f"decoding {Path(folder.root).name}", mininterval=2, leave=False,
+              disable=None) as bar:
         for i, (path, label) in enumerate(bar):
             try:
                 image = np.asarray(folder.loader(path))  # PIL, converted to RGB
