@@ -20,7 +20,7 @@ from .mistakes import cache_paths, file_sha256, mistakes_of, write_mistakes
 from .model import count_parameters
 from .report import read_run_metrics
 from .run_folder import MODEL, RunFolder
-from .utils import cli_command, provenance, write_json
+from .utils import PROVENANCE_KEYS, cli_command, provenance, write_json
 
 SHIPPED_WEIGHTS = REPO_DIR / "weights" / "custom_resnet.safetensors"
 EXAMPLES_DIR = REPO_DIR / "examples"  # one CIFAR-10 test image per class, <class>.png (the app's examples)
@@ -76,7 +76,7 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike = SHIPP
     preds = predict_split(shipped, data.test, runtime)
     mistakes, tta = mistakes_of(preds), flip_tta_accuracy(shipped, data.test, preds)
     run_keys = ("trainer", "device", "command", "epochs_completed", "wall_seconds", "final_test_accuracy",
-                "final_test_accuracy_tta", "git_commit", "git_clean", "versions")
+                "final_test_accuracy_tta", *PROVENANCE_KEYS)
     card = {"weights": out.name, "sha256": file_sha256(out), "dtype": "float16", "model": loaded.model_name,
             "parameters": count_parameters(loaded.model), "classes": list(loaded.classes),
             "test_accuracy": mistakes.accuracy, "test_accuracy_tta": tta, "test_images": mistakes.test_images,
