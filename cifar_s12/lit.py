@@ -459,8 +459,8 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
 
     def run_metrics(trainer: pl.Trainer, module: CifarLitModule) -> dict:
         metrics = new_metrics("lightning", module.cfg, module.model, describe_trainer(trainer), datamodule.data,
-                              datamodule.train_dataloader().num_workers)
-        metrics.update(command=history.command, **provenance_of_parts(history.parts))
+                              datamodule.train_dataloader().num_workers, history.command,
+                              provenance_of_parts(history.parts))
         for row in history.history:
             record_epoch(metrics, row, history.lrs, history.run_start)
         return metrics

@@ -146,7 +146,8 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
     ema = build_ema(model, cfg)
     evaluated = ema.module if ema is not None else model  # what is tested and saved as model.pt
     folder = RunFolder(out_dir) if out_dir else None
-    metrics = new_metrics("torch", cfg, model, runtime.describe(), data, train_loader.num_workers)
+    metrics = new_metrics("torch", cfg, model, runtime.describe(), data, train_loader.num_workers, cli_command(),
+                          provenance())
     first_epoch = 1
     if state is not None:
         first_epoch = restore_training(state, model, optimizer, scheduler, runtime, metrics, len(train_loader), ema)
@@ -214,13 +215,15 @@ HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr
 
 
 def new_metrics(trainer: str, cfg: TrainConfig, model: nn.Module, device: str, data: CifarData,
-                loader_workers: int) -> dict:
+                loader_workers: int, command: str | None, run_provenance: dict) -> dict:
     """The head of metrics.json; ``record_epoch`` fills in the rest as epochs finish. (``loader_workers`` is
     recorded for the record: each image's augmentations are seeded on their own, so it does not change the run.)
+    ``command`` and ``run_provenance`` come from the caller, which knows them once per run (``cli_command()``,
+    ``provenance()``): Lightning rebuilds this head every epoch and should not ask git again each time.
     """
     return {"trainer": trainer, "model": cfg.model, "parameters": count_parameters(model), "device": device,
             "data_source": data.source, "train_images": len(data.train), "test_images": len(data.test),
-            "loader_workers": loader_workers, "config": cfg.to_dict(), "command": cli_command(), **provenance(),
+            "loader_workers": loader_workers, "config": cfg.to_dict(), "command": command, **run_provenance,
             "history": [], "lr_schedule": []}
 
 

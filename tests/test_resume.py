@@ -115,9 +115,11 @@ def test_a_notebooks_training_cell_run_again_continues_an_interrupted_run(straig
 @pytest.mark.parametrize("trainer", ["torch", "lightning"])
 def test_a_run_made_in_parts_records_the_commit_of_each(data, tmp_path, monkeypatch, trainer):
     import cifar_s12.lit as lit
+    asked = []  # one entry per call of provenance(), which runs git twice
 
     def at(commit: str, clean: bool):
         def fake() -> dict:
+            asked.append(commit)
             return {"git_commit": commit, "git_clean": clean, "versions": {"torch": commit[:3]}}
         for module in (train, lit):
             monkeypatch.setattr(module, "provenance", fake)
@@ -133,6 +135,8 @@ def test_a_run_made_in_parts_records_the_commit_of_each(data, tmp_path, monkeypa
     # The last part's commit and versions; clean only if every part was; each part's, oldest first.
     assert (saved["git_commit"], saved["git_clean"], saved["versions"]) == ("c" * 40, False, {"torch": "ccc"})
     assert [(p["git_commit"][0], p["git_clean"]) for p in saved["parts"]] == [("a", True), ("b", False), ("c", True)]
+    # Each part asks git once, however many epochs it trains (the last part trains two).
+    assert [commit[0] for commit in asked] == ["a", "b", "c"]
 
 
 def test_the_number_of_loader_workers_does_not_change_the_run(straight):
