@@ -301,9 +301,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_results(args: argparse.Namespace) -> None:
     from .results import load_runs, markdown_table, summarise
 
-    runs = load_runs(args.dir)
+    runs = [run for folder in args.dir for run in load_runs(folder)]  # several folders make one table
     if not runs:
-        raise UserError(f"no finished runs in {args.dir} (copy a run's metrics.json there)")
+        raise UserError(f"no finished runs in {' or '.join(args.dir)} (copy a run's metrics.json there)")
     print(markdown_table(summarise(runs)))
 
 
@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("results", help="the README results table from committed runs (results/*.json)")
-    p.add_argument("--dir", default="results", help="folder of metrics.json copies (default: results)")
+    p.add_argument("--dir", nargs="+", default=["results"],
+                   help="folder(s) of metrics.json copies, pooled into one table (default: results)")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("report", help="figures and tables of a trained model on the test set, written to --out")

@@ -92,6 +92,12 @@ def test_results_command_prints_the_table(tmp_path):
     empty = subprocess.run([sys.executable, "-m", "cifar_s12", "results", "--dir", str(tmp_path / "empty")],
                            capture_output=True, text=True, cwd=REPO_DIR)
     assert empty.returncode == 2 and empty.stderr.startswith("error: no finished runs")
+    # Several folders pool their runs: the same recipe's seeds from two folders make one row.
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "torch-best-seed1.json").write_text(json.dumps(_run(1, 0.9388)))
+    both = subprocess.run([sys.executable, "-m", "cifar_s12", "results", "--dir", str(tmp_path), str(tmp_path / "more"),
+                           str(tmp_path / "empty")], capture_output=True, text=True, cwd=REPO_DIR)
+    assert both.returncode == 0 and "| 1, 1 | 94.00 ± 0.17 (93.88–94.12) |" in both.stdout, both.stdout + both.stderr
 
 
 def test_an_ablation_made_with_set_is_its_own_row_named_by_its_changes(tmp_path):
