@@ -8,6 +8,7 @@ disk in ``OUT``, never a variable that only the training cell (or an optional ce
 import ast
 import builtins
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,9 @@ def test_the_committed_outputs_are_one_full_run_of_the_whole_notebook(notebook):
     assert checked and all(c["outputs"] for c in checked)
     provenance = markdown_cells(notebook)[0].partition("**The outputs below:**")[2]
     assert "none yet" not in provenance and "24 epochs" in provenance and "seed 1" in provenance
+    # ... with the accuracy and training time that its own outputs print.
+    printed = "".join("".join(o["text"]) for c in cells for o in c["outputs"] if o["output_type"] == "stream")
+    final = re.search(r"final test accuracy (0\.\d{4}) after 24 epochs, ([\d.]+) min", printed)
+    assert final, "no 'final test accuracy ... after 24 epochs' in the outputs"
+    accuracy, minutes = float(final[1]), float(final[2])
+    assert f"test accuracy {accuracy:.2%}" in provenance and f"{minutes:.0f} min" in provenance, provenance
