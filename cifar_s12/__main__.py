@@ -80,7 +80,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_seed, help="seeds weights, shuffling and augmentations (default: 1)")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="auto (default): bf16 autocast + channels_last where bf16 is native (AVX512-bf16/AMX CPUs, "
-                        "Ampere+ GPUs), fp16 on older GPUs, else fp32; fp32 turns it off")
+                        "Ampere+ GPUs), fp16 on older GPUs, else fp32 (on CPUs channels_last throughout); fp32 "
+                        "turns autocast off")
     p.add_argument("--workers", type=_non_negative_int, dest="num_workers",
                    help="DataLoader workers (default: CPU count, max 8)")
     p.add_argument("--set", dest="settings", action="append", metavar="FIELD=VALUE",

@@ -100,7 +100,7 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
               matmul_size: int | None = None, matmul_repeats: int | None = None) -> dict:
     cfg = cfg or TrainConfig()
     fast = Runtime.create("auto", device)
-    baseline = Runtime.create("fp32", device)
+    baseline = Runtime(fast.device, None, channels_last=False)  # fp32, channels-first: what plain PyTorch does
     data = data if data is not None else load_cifar10(cfg.data_dir, download=cfg.download)
     # The loader is timed after its first batch (worker start-up), on at most one epoch: it needs two batches.
     available = len(data.train) // batch_size if len(data.train) > batch_size else 1
@@ -113,7 +113,8 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
         "device": str(fast.device),
         "device_name": torch.cuda.get_device_name() if fast.device.type == "cuda" else cpu_name(),
         "model": cfg.model, "batch_size": batch_size, "steps": steps, "warmup_steps": warmup,
-        "fast_path": f"autocast {fast.describe()} + channels_last" if fast.dtype else "fp32 (no autocast here)",
+        "fast_path": " + ".join([f"autocast {fast.describe()}" if fast.dtype else "fp32 (no autocast here)"]
+                                + ["channels_last"] * fast.channels_last),
         "torch_threads": torch.get_num_threads(),
         "train_images_per_second": train_step_throughput(cfg, fast, batch_size, steps, warmup),
         "baseline_fp32_images_per_second": train_step_throughput(cfg, baseline, batch_size, steps, warmup),

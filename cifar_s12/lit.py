@@ -35,7 +35,8 @@ from .errors import UserError
 from .lr_find import LR_FINDERS, LRFindResult, find_lr, range_test_iters, steepest_descent_lr
 from .model import NUM_CLASSES, build_model
 from .run_folder import LIGHTNING_BEST, LIGHTNING_LAST, RunFolder, resume_file
-from .runtime import Runtime, accelerator_device, lightning_precision, predict_logits
+from .runtime import (Runtime, accelerator_device, lightning_precision, predict_logits,
+                      prefers_channels_last)
 from .train import (RunResult, describe_run, format_epoch, new_metrics, record_epoch, save_outputs,
                     save_run_figures, tta_variants)
 from .utils import cli_command, provenance, provenance_of_parts, seed_epoch, seed_everything, write_json
@@ -82,8 +83,8 @@ class CifarLitModule(pl.LightningModule):
         return cls(cfg.model, cfg.model_kwargs(), cfg.to_dict(), list(classes), model=model)
 
     def setup(self, stage: str) -> None:
-        # Mixed precision goes with channels_last, as in the plain trainer (Runtime.memory_format).
-        if self.trainer.precision != "32-true":
+        # The plain trainer's memory format (Runtime.memory_format): channels_last with mixed precision and on CPUs.
+        if prefers_channels_last(self.trainer.strategy.root_device.type, self.trainer.precision != "32-true"):
             self.memory_format = torch.channels_last
             self.model.to(memory_format=self.memory_format)
             if self.ema is not None:

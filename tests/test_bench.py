@@ -65,8 +65,10 @@ def test_without_bf16_instructions_the_fast_path_is_the_fp32_baseline(data, meas
     rates[torch.float32] = iter([80.0, 70.0, 60.0])
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
     r = run_bench(make_config("best", num_workers=0), data=data, device="cpu", **TINY_BENCH)
-    assert [dtype for dtype, *_ in calls["train"]] == [None, None] and r["fast_path"].startswith("fp32")
-    assert r["fast_vs_baseline"] == 1  # one precision timed twice
+    # fp32 twice: on channels_last (the CPU's fast path, prefers_channels_last) and channels-first (the baseline)
+    assert calls["train"] == [(None, torch.channels_last, 8, 1, 1), (None, torch.contiguous_format, 8, 1, 1)]
+    assert r["fast_path"] == "fp32 (no autocast here) + channels_last"
+    assert r["fast_vs_baseline"] == 1  # the stand-in timer gives fp32 100 images/s in either layout
     assert calls["matmul"] == [("cpu", torch.float32, 64, 1)] * 3  # fp32 only: a gain of exactly 1
     assert (r["matmul_fp32_gflops"], r["matmul_fast_gflops"], r["matmul_fast_vs_fp32"]) == (80, 80, 1)
 

@@ -3,6 +3,7 @@ import json
 import signal
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from cifar_s12.builders import planned_lrs
 from cifar_s12.config import make_config
 from cifar_s12.dataset import subset
 from cifar_s12.errors import UserError
+from cifar_s12.runtime import Runtime
 from cifar_s12.lit import (CifarDataModule, CifarLitModule, fit_lightning, read_resume_checkpoint,
                            workers_per_process)
 
@@ -33,6 +35,20 @@ def test_module_saves_the_hparams_a_loader_needs():
     assert all(key.startswith("model.") for key in module.state_dict())
     loss = module.training_step((torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))), 0)
     assert loss.ndim == 0 and loss.requires_grad
+
+
+@pytest.mark.parametrize("device, precision, channels_last", [("cpu", "32-true", True), ("cpu", "bf16-mixed", True),
+                                                              ("cuda", "16-mixed", True), ("cuda", "32-true", False)])
+def test_module_takes_the_plain_trainers_memory_format(device, precision, channels_last):
+    # setup() reads only the trainer's precision and device: a stand-in trainer tells it those
+    module = CifarLitModule.from_config(make_config("fast", **TINY))
+    module._trainer = SimpleNamespace(precision=precision, strategy=SimpleNamespace(root_device=torch.device(device)))
+    module.setup("fit")
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert module.memory_format == Runtime(torch.device(device), None if precision == "32-true" else torch.bfloat16,
+                                           ).memory_format == layout
+    conv_weights = [p for name, p in module.named_parameters() if p.ndim == 4]
+    assert conv_weights and all(p.is_contiguous(memory_format=layout) for p in conv_weights)  # the EMA's too
 
 
 def test_datamodule_sizes_and_val_is_the_test_split(data):

@@ -7,7 +7,8 @@ from torch import nn
 
 from cifar_s12 import runtime
 from cifar_s12.errors import UserError
-from cifar_s12.runtime import AutocastModel, Runtime, autocast_dtype, lightning_precision, predict_logits
+from cifar_s12.runtime import (AutocastModel, Runtime, autocast_dtype, lightning_precision, predict_logits,
+                               prefers_channels_last)
 
 
 def test_precision_choice_on_cpu(monkeypatch):
@@ -46,9 +47,21 @@ def test_precision_choice_on_cuda_does_not_count_emulated_bf16(monkeypatch, gpu,
     assert autocast_dtype(cuda, "bf16") == torch.bfloat16 and autocast_dtype(cuda, "fp16") == torch.float16
 
 
+def test_channels_last_goes_with_mixed_precision_and_with_cpus_in_fp32():
+    assert prefers_channels_last("cuda", True) and prefers_channels_last("cpu", True)
+    assert prefers_channels_last("cpu", False)  # oneDNN's fp32 convolutions are faster on NHWC too
+    assert not prefers_channels_last("cuda", False) and not prefers_channels_last("mps", False)
+    plain = Runtime(torch.device("cpu"), None)
+    assert plain.memory_format == torch.channels_last
+    assert plain.inputs(torch.zeros(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+    baseline = Runtime(torch.device("cpu"), None, channels_last=False)  # the benchmark's fp32 channels-first
+    assert baseline.memory_format == torch.contiguous_format
+    assert baseline.prepare(nn.Conv2d(3, 4, 3)).weight.is_contiguous()
+
+
 def test_mixed_precision_goes_with_channels_last_and_fp32_logits():
     fast, plain = Runtime(torch.device("cpu"), torch.bfloat16), Runtime(torch.device("cpu"), None)
-    assert fast.memory_format == torch.channels_last and plain.memory_format == torch.contiguous_format
+    assert fast.memory_format == torch.channels_last
     assert fast.inputs(torch.zeros(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
     conv = fast.prepare(nn.Conv2d(3, 4, 3))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
