@@ -70,10 +70,10 @@ def accelerator_device(accelerator: str = "auto") -> torch.device:
 
 def prefers_channels_last(device_type: str, mixed_precision: bool) -> bool:
     """Whether the model and its inputs go channels_last (NHWC), the layout oneDNN (CPU) and cuDNN (GPU) run their
-    fastest convolutions in: always with mixed precision, and on CPUs in fp32 too (1.26x the channels-first
-    training step at batch 512 and 1.35x at 256 on a 2-core AVX2 EPYC without bf16 instructions, where fp32 is
-    the fast path: `python -m cifar_s12 bench` measures it). Not for fp32 on GPUs, whose fp32 kernels (before
-    TF32) gain nothing from it."""
+    fastest convolutions in: always with mixed precision, and on CPUs in fp32 too (1.16x the channels-first
+    training step at batch 512 and 1.22x at 256 on a 2-core AVX2 EPYC without bf16 instructions, where fp32 is
+    the fast path: `python -m cifar_s12 bench`, docs/measurements.md). Not for fp32 on GPUs, whose fp32 kernels
+    (before TF32) gain nothing from it."""
     return mixed_precision or device_type == "cpu"
 
 
