@@ -6,16 +6,19 @@
 # (exactly: docs/cli.md#stopping-and-resuming), so the script can be stopped and started again as often as needed:
 # a run takes about 70 minutes on a 2-core CPU with bf16 instructions and about 5.5 hours in fp32 on one without.
 # Run it in a clean checkout: every metrics.json records the commit and whether the tree was clean.
-# The finished runs' metrics.json go to results/fast/torch-fast-NAME.json; `python -m cifar_s12 results --dir
-# results/fast` makes the table.
+# Ctrl-C stops the run in progress (its finished epochs kept) and the script with it. Committing a result is a
+# step of its own: copy runs/fast-NAME/metrics.json to results/fast/torch-fast-NAME.json, then
+# `python -m cifar_s12 results --dir results/fast` makes the table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python}
 RUNS_DIR=${FAST_RUNS_DIR:-runs}
 
-# name -> what it changes in `--recipe fast --seed 1` (each alone, and all of them together in combo)
+# name -> what it changes in `--recipe fast --seed 1` (each alone, and all of them together in combo; base is the
+# preset itself, the reference for the rest on the same machine and precision)
 declare -A RUNS=(
+  [base-seed1]=""
   [combo-seed1]="--set batch_size=256 --set max_lr=0.2 --set bn_bias_lr_scale=64 --set bn_weight_frozen=true --set augment.cutout_epochs=9"
   [bs256-seed1]="--set batch_size=256 --set max_lr=0.2"
   [bnbias-seed1]="--set bn_bias_lr_scale=64 --set bn_weight_frozen=true"
@@ -24,13 +27,18 @@ declare -A RUNS=(
   [noema-seed1]="--set ema_decay=null"
   [randflip-seed1]="--set augment.flip=random"
 )
-ORDER=(combo-seed1 bs256-seed1 bnbias-seed1 cutout9-seed1 dirac-seed1 noema-seed1 randflip-seed1)
+ORDER=(combo-seed1 base-seed1 bs256-seed1 bnbias-seed1 cutout9-seed1 dirac-seed1 noema-seed1 randflip-seed1)
 
-finished() {  # whether DIR/metrics.json holds all of its recipe's epochs
-  [ -f "$1/metrics.json" ] && "$PYTHON" - "$1/metrics.json" <<'EOF'
+# exit 0: DIR/metrics.json holds all of its recipe's epochs (and its TTA figure, if the recipe has TTA); 3: all the
+# epochs but no TTA figure (the run stopped in its final evaluation); 1: not finished, or no run there
+finished() {
+  [ -f "$1/metrics.json" ] || return 1
+  "$PYTHON" - "$1/metrics.json" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))
-sys.exit(0 if m.get("epochs_completed") == m["config"]["epochs"] else 1)
+if m.get("epochs_completed") != m["config"]["epochs"]:
+    sys.exit(1)
+sys.exit(3 if m["config"].get("tta") and m.get("final_test_accuracy_tta") is None else 0)
 EOF
 }
 
@@ -42,10 +50,16 @@ done
 status=0
 for name in "${names[@]}"; do
   out=$RUNS_DIR/fast-$name
-  if finished "$out"; then echo "$(date -u +%FT%TZ) $name: finished before, skipped"; continue; fi
+  finished "$out"; state=$?
+  if [ "$state" = 0 ]; then echo "$(date -u +%FT%TZ) $name: finished before, skipped"; continue; fi
+  if [ "$state" = 3 ]; then
+    echo "$name: trained all its epochs but has no TTA figure (stopped in its final evaluation); train it again" \
+         "with --overwrite to have one" >&2
+    status=1; continue
+  fi
   if [ -f "$out/checkpoints/last.pt" ]; then
     echo "$(date -u +%FT%TZ) $name: resuming"
-    "$PYTHON" -m cifar_s12 train --resume "$out" > "$out.log" 2>&1
+    "$PYTHON" -m cifar_s12 train --resume "$out" >> "$out.log" 2>&1  # after the earlier parts' log
   else
     echo "$(date -u +%FT%TZ) $name: starting"
     mkdir -p "$RUNS_DIR"
@@ -54,6 +68,7 @@ for name in "${names[@]}"; do
   fi
   code=$?
   echo "$(date -u +%FT%TZ) $name: exit $code (log: $out.log)"
+  [ "$code" = 130 ] && exit 130  # Ctrl-C (the CLI's exit code for it): stop here, not only this run
   [ "$code" = 0 ] || status=$code
 done
 exit $status

@@ -16,15 +16,16 @@ def fast_runs(tmp_path):
     calls = tmp_path / "calls.txt"
     stand_in = tmp_path / "python"
     # `python - FILE` (the script's finished-run check) goes to the real interpreter; `python -m cifar_s12 ...` is
-    # recorded, and succeeds
+    # recorded, and exits with $STAND_IN_EXIT (0 unless a test sets it)
     stand_in.write_text(f'#!/usr/bin/env bash\nif [ "$1" = - ]; then exec {sys.executable} "$@"; fi\n'
-                        f'echo "$*" >> {calls}\n')
+                        f'echo "$*" >> {calls}\nexit ${{STAND_IN_EXIT:-0}}\n')
     stand_in.chmod(0o755)
     runs = tmp_path / "runs"
 
-    def run(*names):
+    def run(*names, exit_code=0):
         done = subprocess.run(["bash", str(SCRIPT), *names], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "PYTHON": str(stand_in), "FAST_RUNS_DIR": str(runs)})
+                              env={**os.environ, "PYTHON": str(stand_in), "FAST_RUNS_DIR": str(runs),
+                                   "STAND_IN_EXIT": str(exit_code)})
         lines = calls.read_text().splitlines() if calls.exists() else []
         calls.unlink(missing_ok=True)
         return done, lines
@@ -62,5 +63,34 @@ def test_an_unknown_run_is_refused_before_anything_trains(fast_runs):
     run, _ = fast_runs
     done, calls = run("combo-seed1", "nope")
     assert done.returncode == 2 and calls == []
-    assert done.stderr.strip() == ("unknown run nope; the runs: combo-seed1 bs256-seed1 bnbias-seed1 cutout9-seed1 "
-                                   "dirac-seed1 noema-seed1 randflip-seed1")
+    assert done.stderr.strip() == ("unknown run nope; the runs: combo-seed1 base-seed1 bs256-seed1 bnbias-seed1 "
+                                   "cutout9-seed1 dirac-seed1 noema-seed1 randflip-seed1")
+
+
+def test_without_names_every_run_starts_in_order_the_base_run_with_the_preset_alone(fast_runs):
+    run, runs = fast_runs
+    done, calls = run()
+    assert done.returncode == 0, done.stderr
+    assert [call.split("--out ")[1] for call in calls] == [
+        f"{runs}/fast-{name}" for name in ("combo-seed1", "base-seed1", "bs256-seed1", "bnbias-seed1", "cutout9-seed1",
+                                           "dirac-seed1", "noema-seed1", "randflip-seed1")]
+    assert calls[1] == f"-m cifar_s12 train --recipe fast --seed 1 --out {runs}/fast-base-seed1"
+
+
+def test_ctrl_c_stops_the_script_and_a_failed_run_only_its_own_turn(fast_runs):
+    run, runs = fast_runs
+    done, calls = run("dirac-seed1", "noema-seed1", exit_code=130)  # the CLI's exit code after Ctrl-C
+    assert done.returncode == 130 and len(calls) == 1
+    done, calls = run("dirac-seed1", "noema-seed1", exit_code=2)  # a failed run: the next one still trains
+    assert done.returncode == 2 and len(calls) == 2
+
+
+def test_a_run_that_stopped_in_its_final_tta_evaluation_is_reported_not_taken_as_done(fast_runs):
+    run, runs = fast_runs
+    (runs / "fast-dirac-seed1").mkdir(parents=True)
+    (runs / "fast-dirac-seed1" / "metrics.json").write_text(json.dumps({"epochs_completed": 12,
+                                                                         "config": {"epochs": 12, "tta": True}}))
+    done, calls = run("dirac-seed1", "noema-seed1")
+    assert done.returncode == 1 and calls == [f"-m cifar_s12 train --recipe fast --seed 1 --set ema_decay=null "
+                                              f"--out {runs}/fast-noema-seed1"]
+    assert "dirac-seed1: trained all its epochs but has no TTA figure" in done.stderr
