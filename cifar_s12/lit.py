@@ -236,7 +236,7 @@ class EpochHistory(Callback):
         self.wall_start = time.perf_counter() if wall_start is None else wall_start
         self.earlier_seconds = 0.0  # wall time of the parts before a --resume
         self.commands = [cli_command()]
-        self.parts = [provenance()]  # each part's git commit and versions, oldest first
+        self.parts = [provenance()]  # each part's git commit, versions and device (on_train_start), oldest first
 
     @property
     def run_start(self) -> float:
@@ -251,6 +251,7 @@ class EpochHistory(Callback):
         return " && ".join(c or "<command not recorded>" for c in self.commands)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.parts[-1]["device"] = describe_trainer(trainer)  # this part's, as the plain loop's parts record theirs
         if self.before_training is not None and trainer.is_global_zero:
             self.before_training(trainer, pl_module)
 

@@ -63,15 +63,18 @@ PROVENANCE_KEYS = ("git_commit", "git_clean", "versions")
 
 
 def provenance_of_parts(parts: list[dict]) -> dict:
-    """The provenance of a run trained in parts (``--resume``), each part's as ``provenance()`` gave it, oldest
-    first: ``git_commit`` and ``versions`` are the last part's, ``git_clean`` says whether every part ran on a clean
-    tree (None when a part could not tell), and ``parts`` keeps each part's, so no commit a run ran at is lost."""
-    parts = [{key: part.get(key) for key in PROVENANCE_KEYS} for part in parts]
+    """The provenance of a run trained in parts (``--resume``), each part's as ``provenance()`` gave it plus the
+    ``device`` it trained on (the trainer's description: "cpu, bfloat16"), oldest first: ``git_commit`` and
+    ``versions`` are the last part's, ``git_clean`` says whether every part ran on a clean tree (None when a part
+    could not tell), ``device`` names each device the parts trained on, in order ("cpu, fp32 + cpu, bfloat16": a
+    run continued on another machine), and ``parts`` keeps each part's, so no commit a run ran at is lost."""
+    parts = [{key: part.get(key) for key in (*PROVENANCE_KEYS, "device")} for part in parts]
     if len(parts) == 1:
-        return parts[0]
+        return {key: value for key, value in parts[0].items() if value is not None or key != "device"}
     cleans = [part["git_clean"] for part in parts]
     clean = False if False in cleans else (None if None in cleans else True)
-    return {**parts[-1], "git_clean": clean, "parts": parts}
+    devices = list(dict.fromkeys(part["device"] for part in parts if part["device"]))  # in order, each once
+    return {**parts[-1], "git_clean": clean, "parts": parts, **({"device": " + ".join(devices)} if devices else {})}
 
 
 def cpu_name() -> str:

@@ -135,6 +135,9 @@ def test_a_run_made_in_parts_records_the_commit_of_each(data, tmp_path, monkeypa
     # The last part's commit and versions; clean only if every part was; each part's, oldest first.
     assert (saved["git_commit"], saved["git_clean"], saved["versions"]) == ("c" * 40, False, {"torch": "ccc"})
     assert [(p["git_commit"][0], p["git_clean"]) for p in saved["parts"]] == [("a", True), ("b", False), ("c", True)]
+    # ... and the device each trained on: here all three the same, so the run names it once
+    device = {"torch": "cpu, fp32", "lightning": "cpu x1, 32-true"}[trainer]
+    assert [p["device"] for p in saved["parts"]] == [device] * 3 and saved["device"] == device
     # Each part asks git once, however many epochs it trains (the last part trains two).
     assert [commit[0] for commit in asked] == ["a", "b", "c"]
 

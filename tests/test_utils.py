@@ -1,6 +1,6 @@
 import pytest
 
-from cifar_s12.utils import COMMAND_ENV_VAR, atomic_path, cli_command, write_json
+from cifar_s12.utils import COMMAND_ENV_VAR, atomic_path, cli_command, provenance_of_parts, write_json
 
 
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
@@ -30,3 +30,19 @@ def test_run_command_comes_from_the_cli_argv_or_the_notebook_variable(monkeypatc
     assert cli_command() == "jupyter nbconvert --execute nb.ipynb"
     monkeypatch.delenv(COMMAND_ENV_VAR)
     assert cli_command() is None
+
+
+def test_a_run_continued_on_another_machine_names_both_devices_in_order():
+    def part(commit, clean, device=None):
+        return {"git_commit": commit, "git_clean": clean, "versions": {"torch": "2"}, "device": device,
+                "history": ["not provenance"]}
+
+    alone = provenance_of_parts([part("a", True, "cpu, fp32")])
+    assert alone == {"git_commit": "a", "git_clean": True, "versions": {"torch": "2"}, "device": "cpu, fp32"}
+    assert "device" not in provenance_of_parts([part("a", True)])  # unknown: the run's own device field stays
+    run = provenance_of_parts([part("a", True, "cpu, fp32"), part("b", True, "cpu, fp32"),
+                               part("c", True, "cpu, bfloat16")])
+    assert run["device"] == "cpu, fp32 + cpu, bfloat16" and run["git_commit"] == "c" and run["git_clean"] is True
+    assert [p["device"] for p in run["parts"]] == ["cpu, fp32", "cpu, fp32", "cpu, bfloat16"]
+    # a part from before parts named their device (None) leaves it out of the run's
+    assert provenance_of_parts([part("a", None), part("b", False, "cpu, fp32")])["device"] == "cpu, fp32"
