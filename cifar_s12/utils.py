@@ -69,12 +69,14 @@ def provenance_of_parts(parts: list[dict]) -> dict:
     could not tell), ``device`` names each device the parts trained on, in order ("cpu, fp32 + cpu, bfloat16": a
     run continued on another machine), and ``parts`` keeps each part's, so no commit a run ran at is lost."""
     parts = [{key: part.get(key) for key in (*PROVENANCE_KEYS, "device")} for part in parts]
+    devices = list(dict.fromkeys(part["device"] for part in parts if part["device"]))  # in order, each once
+    # No device known: none is returned, so the run's own device field is not overwritten with None.
+    run = {**{key: parts[-1][key] for key in PROVENANCE_KEYS}, **({"device": " + ".join(devices)} if devices else {})}
     if len(parts) == 1:
-        return {key: value for key, value in parts[0].items() if value is not None or key != "device"}
+        return run
     cleans = [part["git_clean"] for part in parts]
     clean = False if False in cleans else (None if None in cleans else True)
-    devices = list(dict.fromkeys(part["device"] for part in parts if part["device"]))  # in order, each once
-    return {**parts[-1], "git_clean": clean, "parts": parts, **({"device": " + ".join(devices)} if devices else {})}
+    return {**run, "git_clean": clean, "parts": parts}
 
 
 def cpu_name() -> str:

@@ -46,3 +46,4 @@ def test_a_run_continued_on_another_machine_names_both_devices_in_order():
     assert [p["device"] for p in run["parts"]] == ["cpu, fp32", "cpu, fp32", "cpu, bfloat16"]
     # a part from before parts named their device (None) leaves it out of the run's
     assert provenance_of_parts([part("a", None), part("b", False, "cpu, fp32")])["device"] == "cpu, fp32"
+    assert "device" not in provenance_of_parts([part("a", True), part("b", True)])  # none known: the run's own stays
