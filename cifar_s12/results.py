@@ -51,6 +51,11 @@ def is_finished(run: dict) -> bool:
     return run.get("epochs_completed", run["config"]["epochs"]) >= run["config"]["epochs"]
 
 
+def lacks_tta(run: dict) -> bool:
+    """Whether a run whose recipe has TTA has no TTA figure (it stopped in its final evaluation)."""
+    return bool(run["config"].get("tta")) and run.get("final_test_accuracy_tta") is None
+
+
 NUMBER, TEXT = (int, float), str
 # What the table reads, and as what: (key, types, required). bool is an int to isinstance, so it is refused apart.
 FIELDS = (("final_test_accuracy", NUMBER, True), ("wall_seconds", NUMBER, True), ("train_images", int, True),

@@ -35,10 +35,9 @@ finished() {
   [ -f "$1/metrics.json" ] || return 1
   "$PYTHON" - "$1/metrics.json" <<'EOF'
 import json, sys
-m = json.load(open(sys.argv[1]))
-if m.get("epochs_completed") != m["config"]["epochs"]:
-    sys.exit(1)
-sys.exit(3 if m["config"].get("tta") and m.get("final_test_accuracy_tta") is None else 0)
+from cifar_s12.results import is_finished, lacks_tta
+run = json.load(open(sys.argv[1]))
+sys.exit(1 if not is_finished(run) else 3 if lacks_tta(run) else 0)
 EOF
 }
 
