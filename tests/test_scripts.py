@@ -63,7 +63,8 @@ def test_an_unknown_run_is_refused_before_anything_trains(fast_runs):
     run, _ = fast_runs
     done, calls = run("combo-seed1", "nope")
     assert done.returncode == 2 and calls == []
-    assert done.stderr.strip() == ("unknown run nope; the runs: combo-seed1 base-seed1 bs256-seed1 bnbias-seed1 "
+    assert done.stderr.strip() == ("unknown run nope; the runs: combo-seed1 combo-seed2 combo-seed3 base-seed1 "
+                                   "bs256-seed1 bnbias-seed1 "
                                    "cutout9-seed1 dirac-seed1 noema-seed1 randflip-seed1")
 
 
@@ -72,9 +73,10 @@ def test_without_names_every_run_starts_in_order_the_base_run_with_the_preset_al
     done, calls = run()
     assert done.returncode == 0, done.stderr
     assert [call.split("--out ")[1] for call in calls] == [
-        f"{runs}/fast-{name}" for name in ("combo-seed1", "base-seed1", "bs256-seed1", "bnbias-seed1", "cutout9-seed1",
+        f"{runs}/fast-{name}" for name in ("combo-seed1", "combo-seed2", "combo-seed3", "base-seed1", "bs256-seed1", "bnbias-seed1", "cutout9-seed1",
                                            "dirac-seed1", "noema-seed1", "randflip-seed1")]
-    assert calls[1] == f"-m cifar_s12 train --recipe fast --seed 1 --out {runs}/fast-base-seed1"
+    assert calls[3] == f"-m cifar_s12 train --recipe fast --seed 1 --out {runs}/fast-base-seed1"
+    assert calls[2].startswith("-m cifar_s12 train --recipe fast --seed 3 --set batch_size=256 ")  # seed from the name
 
 
 def test_ctrl_c_stops_the_script_and_a_failed_run_only_its_own_turn(fast_runs):
