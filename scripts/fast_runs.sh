@@ -31,7 +31,8 @@ declare -A RUNS=(
   [noema-seed1]="--set ema_decay=null"
   [randflip-seed1]="--set augment.flip=random"
 )
-ORDER=(combo-seed1 combo-seed2 combo-seed3 base-seed1 bs256-seed1 bnbias-seed1 cutout9-seed1 dirac-seed1 noema-seed1 randflip-seed1)
+ORDER=(combo-seed1 combo-seed2 combo-seed3 base-seed1
+       bs256-seed1 bnbias-seed1 cutout9-seed1 dirac-seed1 noema-seed1 randflip-seed1)
 
 # exit 0: DIR/metrics.json holds all of its recipe's epochs (and its TTA figure, if the recipe has TTA); 3: all the
 # epochs but no TTA figure (the run stopped in its final evaluation); 1: not finished, or no run there

@@ -64,8 +64,7 @@ def test_an_unknown_run_is_refused_before_anything_trains(fast_runs):
     done, calls = run("combo-seed1", "nope")
     assert done.returncode == 2 and calls == []
     assert done.stderr.strip() == ("unknown run nope; the runs: combo-seed1 combo-seed2 combo-seed3 base-seed1 "
-                                   "bs256-seed1 bnbias-seed1 "
-                                   "cutout9-seed1 dirac-seed1 noema-seed1 randflip-seed1")
+                                   "bs256-seed1 bnbias-seed1 cutout9-seed1 dirac-seed1 noema-seed1 randflip-seed1")
 
 
 def test_without_names_every_run_starts_in_order_the_base_run_with_the_preset_alone(fast_runs):
@@ -73,8 +72,9 @@ def test_without_names_every_run_starts_in_order_the_base_run_with_the_preset_al
     done, calls = run()
     assert done.returncode == 0, done.stderr
     assert [call.split("--out ")[1] for call in calls] == [
-        f"{runs}/fast-{name}" for name in ("combo-seed1", "combo-seed2", "combo-seed3", "base-seed1", "bs256-seed1", "bnbias-seed1", "cutout9-seed1",
-                                           "dirac-seed1", "noema-seed1", "randflip-seed1")]
+        f"{runs}/fast-{name}" for name in ("combo-seed1", "combo-seed2", "combo-seed3", "base-seed1", "bs256-seed1",
+                                           "bnbias-seed1", "cutout9-seed1", "dirac-seed1", "noema-seed1",
+                                           "randflip-seed1")]
     assert calls[3] == f"-m cifar_s12 train --recipe fast --seed 1 --out {runs}/fast-base-seed1"
     assert calls[2].startswith("-m cifar_s12 train --recipe fast --seed 3 --set batch_size=256 ")  # seed from the name
 
