@@ -352,10 +352,10 @@ def test_report_on_the_shipped_weights_reproduces_the_card(real_data_dir, tmp_pa
     assert card["test_images"] == 10_000 and card["test_accuracy"] >= 0.935
     assert main(["report", "--data-dir", str(real_data_dir), "--out", str(tmp_path)]) == 0
     measured = float(capsys.readouterr().out.split("test accuracy ")[1].split()[0])
-    if load_checkpoint(SHIPPED_WEIGHTS).runtime().describe() == card["measured_on"]:
-        assert measured == round(card["test_accuracy"], 4)  # the same arithmetic: the same figure
-    else:  # bf16 autocast against fp32 (another CPU) may flip a prediction or two
-        assert abs(measured - card["test_accuracy"]) <= 0.002
+    # Within 20 of 10,000 images, not equal: the same precision name is not the same arithmetic. bf16 autocast runs
+    # other oneDNN kernels on another CPU (AMX or AVX512-bf16, other cache sizes), and against fp32 on a CPU
+    # without bf16, which flips a prediction or two (0.9416 against the card's 0.9417 on one bf16 CI machine).
+    assert abs(measured - card["test_accuracy"]) <= 0.002, (measured, card["test_accuracy"])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -37,53 +37,56 @@ def test_new_runs_start_interrupted_ones_resume_finished_ones_are_skipped(fast_r
     run, runs = fast_runs
     (runs / "fast-dirac-seed1" / "checkpoints").mkdir(parents=True)
     (runs / "fast-dirac-seed1" / "checkpoints" / "last.pt").write_bytes(b"")
-    (runs / "fast-noema-seed1").mkdir()
-    (runs / "fast-noema-seed1" / "metrics.json").write_text(json.dumps({"epochs_completed": 12,
-                                                                         "config": {"epochs": 12}}))
-    done, calls = run("combo-seed1", "dirac-seed1", "noema-seed1")
+    (runs / "fast-lightning-seed1" / "checkpoints").mkdir(parents=True)
+    (runs / "fast-lightning-seed1" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (runs / "fast-no-ema-seed1").mkdir()
+    (runs / "fast-no-ema-seed1" / "metrics.json").write_text(json.dumps({"epochs_completed": 12,
+                                                                          "config": {"epochs": 12}}))
+    done, calls = run("no-bnbias-seed1", "dirac-seed1", "lightning-seed1", "no-ema-seed1")
     assert done.returncode == 0, done.stderr
     assert calls == [
-        "-m cifar_s12 train --recipe fast --seed 1 --set batch_size=256 --set max_lr=0.2 --set bn_bias_lr_scale=64 "
-        f"--set bn_weight_frozen=true --set augment.cutout_epochs=9 --out {runs}/fast-combo-seed1",
-        f"-m cifar_s12 train --resume {runs}/fast-dirac-seed1"]
-    assert "noema-seed1: finished before, skipped" in done.stdout
+        "-m cifar_s12 train --recipe fast --seed 1 --set bn_weight_frozen=false --set bn_bias_lr_scale=1 "
+        f"--out {runs}/fast-no-bnbias-seed1",
+        f"-m cifar_s12 train --trainer torch --resume {runs}/fast-dirac-seed1",
+        f"-m cifar_s12 train --trainer lightning --resume {runs}/fast-lightning-seed1"]  # Lightning's checkpoint
+    assert "no-ema-seed1: finished before, skipped" in done.stdout
 
 
 def test_a_run_stopped_part_way_is_resumed_not_skipped(fast_runs):
     run, runs = fast_runs
-    (runs / "fast-cutout9-seed1" / "checkpoints").mkdir(parents=True)
-    (runs / "fast-cutout9-seed1" / "checkpoints" / "last.pt").write_bytes(b"")
-    (runs / "fast-cutout9-seed1" / "metrics.json").write_text(json.dumps({"epochs_completed": 5,
-                                                                           "config": {"epochs": 12}}))
-    done, calls = run("cutout9-seed1")
-    assert done.returncode == 0 and calls == [f"-m cifar_s12 train --resume {runs}/fast-cutout9-seed1"]
+    (runs / "fast-no-cutout9-seed1" / "checkpoints").mkdir(parents=True)
+    (runs / "fast-no-cutout9-seed1" / "checkpoints" / "last.pt").write_bytes(b"")
+    (runs / "fast-no-cutout9-seed1" / "metrics.json").write_text(json.dumps({"epochs_completed": 5,
+                                                                              "config": {"epochs": 12}}))
+    done, calls = run("no-cutout9-seed1")
+    assert done.returncode == 0 and calls == [f"-m cifar_s12 train --trainer torch --resume {runs}/fast-no-cutout9-seed1"]
 
 
 def test_an_unknown_run_is_refused_before_anything_trains(fast_runs):
     run, _ = fast_runs
-    done, calls = run("combo-seed1", "nope")
+    done, calls = run("seed1", "nope")
     assert done.returncode == 2 and calls == []
-    assert done.stderr.strip() == ("unknown run nope; the runs: combo-seed1 combo-seed2 combo-seed3 base-seed1 "
-                                   "bs256-seed1 bnbias-seed1 cutout9-seed1 dirac-seed1 noema-seed1 randflip-seed1")
+    assert done.stderr.strip() == ("unknown run nope; the runs: seed1 seed2 seed3 lightning-seed1 no-ema-seed1 "
+                                   "no-bnbias-seed1 no-bs256-seed1 no-cutout9-seed1 randflip-seed1 dirac-seed1")
 
 
-def test_without_names_every_run_starts_in_order_the_base_run_with_the_preset_alone(fast_runs):
+def test_without_names_every_run_starts_in_order_the_preset_first(fast_runs):
     run, runs = fast_runs
     done, calls = run()
     assert done.returncode == 0, done.stderr
     assert [call.split("--out ")[1] for call in calls] == [
-        f"{runs}/fast-{name}" for name in ("combo-seed1", "combo-seed2", "combo-seed3", "base-seed1", "bs256-seed1",
-                                           "bnbias-seed1", "cutout9-seed1", "dirac-seed1", "noema-seed1",
-                                           "randflip-seed1")]
-    assert calls[3] == f"-m cifar_s12 train --recipe fast --seed 1 --out {runs}/fast-base-seed1"
-    assert calls[2].startswith("-m cifar_s12 train --recipe fast --seed 3 --set batch_size=256 ")  # seed from the name
+        f"{runs}/fast-{name}" for name in ("seed1", "seed2", "seed3", "lightning-seed1", "no-ema-seed1",
+                                           "no-bnbias-seed1", "no-bs256-seed1", "no-cutout9-seed1", "randflip-seed1",
+                                           "dirac-seed1")]
+    assert calls[2] == f"-m cifar_s12 train --recipe fast --seed 3 --out {runs}/fast-seed3"  # seed from the name
+    assert calls[3] == f"-m cifar_s12 train --recipe fast --seed 1 --trainer lightning --out {runs}/fast-lightning-seed1"
 
 
 def test_ctrl_c_stops_the_script_and_a_failed_run_only_its_own_turn(fast_runs):
     run, runs = fast_runs
-    done, calls = run("dirac-seed1", "noema-seed1", exit_code=130)  # the CLI's exit code after Ctrl-C
+    done, calls = run("dirac-seed1", "no-ema-seed1", exit_code=130)  # the CLI's exit code after Ctrl-C
     assert done.returncode == 130 and len(calls) == 1
-    done, calls = run("dirac-seed1", "noema-seed1", exit_code=2)  # a failed run: the next one still trains
+    done, calls = run("dirac-seed1", "no-ema-seed1", exit_code=2)  # a failed run: the next one still trains
     assert done.returncode == 2 and len(calls) == 2
 
 
@@ -92,7 +95,7 @@ def test_a_run_that_stopped_in_its_final_tta_evaluation_is_reported_not_taken_as
     (runs / "fast-dirac-seed1").mkdir(parents=True)
     (runs / "fast-dirac-seed1" / "metrics.json").write_text(json.dumps({"epochs_completed": 12,
                                                                          "config": {"epochs": 12, "tta": True}}))
-    done, calls = run("dirac-seed1", "noema-seed1")
+    done, calls = run("dirac-seed1", "no-ema-seed1")
     assert done.returncode == 1 and calls == [f"-m cifar_s12 train --recipe fast --seed 1 --set ema_decay=null "
-                                              f"--out {runs}/fast-noema-seed1"]
+                                              f"--out {runs}/fast-no-ema-seed1"]
     assert "dirac-seed1: trained all its epochs but has no TTA figure" in done.stderr
