@@ -137,3 +137,21 @@ def test_the_flip_alone_gets_a_column_when_a_recipe_with_shifted_views_measured_
     assert "| 94.50 | 94.30 |" in table and "| – | – |" in table
     (tmp_path / "a.json").unlink()  # no run measured the flip alone: no column for it
     assert "flip TTA alone" not in markdown_table(summarise(load_runs(tmp_path)))
+
+
+def test_the_fast_preset_is_the_recipe_its_committed_seeds_trained():
+    """README's `fast` figures are the preset's only while the preset is what those runs trained: a changed preset
+    (or a run of something else committed under the preset's name) fails here, not silently in the table."""
+    from cifar_s12.config import recipe_changes
+    from cifar_s12.dataset import REPO_DIR
+
+    seeds = sorted((REPO_DIR / "results" / "fast").glob("*-fast-seed*.json"))
+    assert [p.name for p in seeds] == ["lightning-fast-seed1.json", "torch-fast-seed1.json", "torch-fast-seed2.json",
+                                       "torch-fast-seed3.json"]
+    for path in seeds:
+        config = json.loads(path.read_text())["config"]
+        assert config["recipe"] == "fast" and recipe_changes(config) == [], path.name
+    # and the earlier preset's run is an ablation of it, by the three parts added since
+    old = json.loads((REPO_DIR / "results" / "fast" / "torch-fast-no-bs256-bnbias-cutout9-seed1.json").read_text())
+    assert recipe_changes(old["config"]) == ["batch_size=512", "max_lr=0.4", "bn_weight_frozen=false",
+                                             "bn_bias_lr_scale=1.0", "augment.cutout_epochs=null"]
