@@ -34,15 +34,24 @@ declare -A RUNS=(
 ORDER=(seed1 seed2 seed3 lightning-seed1 no-ema-seed1 no-bnbias-seed1 no-bs256-seed1 no-cutout9-seed1 randflip-seed1
        dirac-seed1)
 
-# exit 0: DIR/metrics.json holds all of its recipe's epochs (and its TTA figure, if the recipe has TTA); 3: all the
-# epochs but no TTA figure (the run stopped in its final evaluation); 1: not finished, or no run there
-finished() {
-  [ -f "$1/metrics.json" ] || return 1
-  "$PYTHON" - "$1/metrics.json" <<'EOF'
+# What to do with each run folder DIR given, one word a line (run_folder and results own the file names and the
+# finished rule; one Python for all, since importing the package takes seconds): done (all of its recipe's epochs,
+# and its TTA figure if the recipe has TTA); no-tta (all the epochs but no TTA figure: it stopped in its final
+# evaluation); torch or lightning (that trainer's checkpoint is there to continue); new (nothing to continue)
+run_states() {
+  "$PYTHON" - "$@" <<'EOF'
 import json, sys
 from cifar_s12.results import is_finished, lacks_tta
-run = json.load(open(sys.argv[1]))
-sys.exit(1 if not is_finished(run) else 3 if lacks_tta(run) else 0)
+from cifar_s12.run_folder import RunFolder
+for folder in map(RunFolder, sys.argv[1:]):
+    try:
+        run = json.loads(folder.metrics.read_text()) if folder.metrics.is_file() else None
+    except (OSError, ValueError) as err:
+        sys.exit(f"cannot read {folder.metrics}: {err}")
+    if run is not None and is_finished(run):
+        print("no-tta" if lacks_tta(run) else "done")
+    else:
+        print("torch" if folder.train_state.is_file() else "lightning" if folder.lightning_last.is_file() else "new")
 EOF
 }
 
@@ -51,20 +60,22 @@ for name in "${names[@]}"; do  # every name is checked before anything trains
   if [ -z "${RUNS[$name]+set}" ]; then echo "unknown run $name; the runs: ${ORDER[*]}" >&2; exit 2; fi
 done
 
+outs=("${names[@]/#/$RUNS_DIR/fast-}")
+states=$(run_states "${outs[@]}") || { echo "stopped before training anything" >&2; exit 2; }
+mapfile -t states <<< "$states"
+
 status=0
-for name in "${names[@]}"; do
-  out=$RUNS_DIR/fast-$name
-  finished "$out"; state=$?
-  if [ "$state" = 0 ]; then echo "$(date -u +%FT%TZ) $name: finished before, skipped"; continue; fi
-  if [ "$state" = 3 ]; then
+for i in "${!names[@]}"; do
+  name=${names[$i]} out=${outs[$i]} state=${states[$i]}
+  if [ "$state" = done ]; then echo "$(date -u +%FT%TZ) $name: finished before, skipped"; continue; fi
+  if [ "$state" = no-tta ]; then
     echo "$name: trained all its epochs but has no TTA figure (stopped in its final evaluation); train it again" \
          "with --overwrite to have one" >&2
     status=1; continue
   fi
-  if [ -f "$out/checkpoints/last.pt" ] || [ -f "$out/checkpoints/last.ckpt" ]; then
+  if [ "$state" != new ]; then
     echo "$(date -u +%FT%TZ) $name: resuming"
-    trainer=torch; [ -f "$out/checkpoints/last.ckpt" ] && trainer=lightning
-    "$PYTHON" -m cifar_s12 train --trainer $trainer --resume "$out" >> "$out.log" 2>&1  # after the earlier parts' log
+    "$PYTHON" -m cifar_s12 train --trainer "$state" --resume "$out" >> "$out.log" 2>&1  # after the earlier parts' log
   else
     echo "$(date -u +%FT%TZ) $name: starting"
     mkdir -p "$RUNS_DIR"

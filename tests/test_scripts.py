@@ -99,3 +99,13 @@ def test_a_run_that_stopped_in_its_final_tta_evaluation_is_reported_not_taken_as
     assert done.returncode == 1 and calls == [f"-m cifar_s12 train --recipe fast --seed 1 --set ema_decay=null "
                                               f"--out {runs}/fast-no-ema-seed1"]
     assert "dirac-seed1: trained all its epochs but has no TTA figure" in done.stderr
+
+
+def test_a_run_folder_whose_metrics_cannot_be_read_stops_the_script_before_anything_trains(fast_runs):
+    run, runs = fast_runs
+    (runs / "fast-seed2").mkdir(parents=True)
+    (runs / "fast-seed2" / "metrics.json").write_text("{not json")
+    done, calls = run("seed1", "seed2")
+    assert done.returncode == 2 and calls == []  # every folder is read first; seed2's is left as it was
+    assert f"cannot read {runs}/fast-seed2/metrics.json" in done.stderr and "Traceback" not in done.stderr
+    assert (runs / "fast-seed2" / "metrics.json").read_text() == "{not json"
