@@ -17,8 +17,9 @@ RUNS_DIR=${FAST_RUNS_DIR:-runs}
 
 # name -> what it changes in `--recipe fast --seed N` (N from the name's seedN). The preset itself from three seeds
 # and in the Lightning trainer; then the ablations, one seed each: every part of the preset left out in turn (no-*,
-# randflip), and dirac, the candidate that is not in it. The TTA views need no run of their own: every run reports
-# its accuracy without TTA, with flip TTA alone and with the recipe's flip + shift TTA.
+# randflip), and the candidates that are not in it: dirac, and batch 1024 with the peak LR scaled with the batch
+# (256: 0.2, 512: 0.4). The TTA views need no run of their own: every run reports its accuracy without TTA, with
+# flip TTA alone and with the recipe's flip + shift TTA.
 declare -A RUNS=(
   [seed1]=""
   [seed2]=""
@@ -30,9 +31,10 @@ declare -A RUNS=(
   [no-cutout9-seed1]="--set augment.cutout_epochs=null"
   [randflip-seed1]="--set augment.flip=random"
   [dirac-seed1]="--set dirac_init=true"
+  [bs1024-seed1]="--set batch_size=1024 --set max_lr=0.8"
 )
 ORDER=(seed1 seed2 seed3 lightning-seed1 no-ema-seed1 no-bnbias-seed1 no-bs256-seed1 no-cutout9-seed1 randflip-seed1
-       dirac-seed1)
+       dirac-seed1 bs1024-seed1)
 
 # What to do with each run folder DIR given, one word a line (run_folder and results own the file names and the
 # finished rule; one Python for all, since importing the package takes seconds): done (all of its recipe's epochs,

@@ -23,7 +23,7 @@ def fast_runs(tmp_path):
     runs = tmp_path / "runs"
 
     def run(*names, exit_code=0):
-        done = subprocess.run(["bash", str(SCRIPT), *names], capture_output=True, text=True, timeout=60,
+        done = subprocess.run(["bash", str(SCRIPT), *names], capture_output=True, text=True, timeout=300,
                               env={**os.environ, "PYTHON": str(stand_in), "FAST_RUNS_DIR": str(runs),
                                    "STAND_IN_EXIT": str(exit_code)})
         lines = calls.read_text().splitlines() if calls.exists() else []
@@ -67,7 +67,8 @@ def test_an_unknown_run_is_refused_before_anything_trains(fast_runs):
     done, calls = run("seed1", "nope")
     assert done.returncode == 2 and calls == []
     assert done.stderr.strip() == ("unknown run nope; the runs: seed1 seed2 seed3 lightning-seed1 no-ema-seed1 "
-                                   "no-bnbias-seed1 no-bs256-seed1 no-cutout9-seed1 randflip-seed1 dirac-seed1")
+                                   "no-bnbias-seed1 no-bs256-seed1 no-cutout9-seed1 randflip-seed1 dirac-seed1 "
+                                   "bs1024-seed1")
 
 
 def test_without_names_every_run_starts_in_order_the_preset_first(fast_runs):
@@ -77,7 +78,7 @@ def test_without_names_every_run_starts_in_order_the_preset_first(fast_runs):
     assert [call.split("--out ")[1] for call in calls] == [
         f"{runs}/fast-{name}" for name in ("seed1", "seed2", "seed3", "lightning-seed1", "no-ema-seed1",
                                            "no-bnbias-seed1", "no-bs256-seed1", "no-cutout9-seed1", "randflip-seed1",
-                                           "dirac-seed1")]
+                                           "dirac-seed1", "bs1024-seed1")]
     assert calls[2] == f"-m cifar_s12 train --recipe fast --seed 3 --out {runs}/fast-seed3"  # seed from the name
     assert calls[3] == f"-m cifar_s12 train --recipe fast --seed 1 --trainer lightning --out {runs}/fast-lightning-seed1"
 
