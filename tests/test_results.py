@@ -155,3 +155,26 @@ def test_the_fast_preset_is_the_recipe_its_committed_seeds_trained():
     old = json.loads((REPO_DIR / "results" / "fast" / "torch-fast-no-bs256-bnbias-cutout9-seed1.json").read_text())
     assert recipe_changes(old["config"]) == ["batch_size=512", "max_lr=0.4", "bn_weight_frozen=false",
                                              "bn_bias_lr_scale=1.0", "augment.cutout_epochs=null"]
+
+
+def test_each_committed_ablation_is_the_run_fast_runs_sh_names_it_after():
+    """results/fast/torch-fast-NAME.json is scripts/fast_runs.sh's run NAME: its config differs from the preset by
+    exactly that run's `--set` flags (a file copied under the wrong name, or a script entry changed after its run was
+    committed, fails here)."""
+    import re
+    import shlex
+
+    from cifar_s12.config import apply_settings, make_config, recipe_changes
+    from cifar_s12.dataset import REPO_DIR
+
+    script = (REPO_DIR / "scripts" / "fast_runs.sh").read_text()
+    runs = {name: shlex.split(flags) for name, flags in re.findall(r'^  \[([\w-]+)\]="([^"]*)"$', script, re.M)}
+    ablations = {p.name: runs[p.stem.removeprefix("torch-fast-")]
+                 for p in (REPO_DIR / "results" / "fast").glob("torch-fast-*-seed1.json")
+                 if p.stem.removeprefix("torch-fast-") in runs and p.stem != "torch-fast-seed1"}
+    assert "torch-fast-no-ema-seed1.json" in ablations
+    for name, flags in ablations.items():
+        assert flags[0::2] == ["--set"] * (len(flags) // 2), f"{name}: only --set flags expected, got {flags}"
+        expected = apply_settings(make_config("fast", seed=1), flags[1::2]).to_dict()
+        config = json.loads((REPO_DIR / "results" / "fast" / name).read_text())["config"]
+        assert config["seed"] == 1 and recipe_changes(config) == recipe_changes(expected), name
