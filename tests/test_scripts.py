@@ -68,7 +68,7 @@ def test_an_unknown_run_is_refused_before_anything_trains(fast_runs):
     assert done.returncode == 2 and calls == []
     assert done.stderr.strip() == ("unknown run nope; the runs: seed1 seed2 seed3 lightning-seed1 no-ema-seed1 "
                                    "no-bnbias-seed1 no-bs256-seed1 no-cutout9-seed1 randflip-seed1 dirac-seed1 "
-                                   "bs1024-seed1")
+                                   "bs1024-seed1 no-ema-seed2 no-ema-seed3 lightning-no-ema-seed1")
 
 
 def test_without_names_every_run_starts_in_order_the_preset_first(fast_runs):
@@ -78,9 +78,12 @@ def test_without_names_every_run_starts_in_order_the_preset_first(fast_runs):
     assert [call.split("--out ")[1] for call in calls] == [
         f"{runs}/fast-{name}" for name in ("seed1", "seed2", "seed3", "lightning-seed1", "no-ema-seed1",
                                            "no-bnbias-seed1", "no-bs256-seed1", "no-cutout9-seed1", "randflip-seed1",
-                                           "dirac-seed1", "bs1024-seed1")]
+                                           "dirac-seed1", "bs1024-seed1", "no-ema-seed2", "no-ema-seed3",
+                                           "lightning-no-ema-seed1")]
     assert calls[2] == f"-m cifar_s12 train --recipe fast --seed 3 --out {runs}/fast-seed3"  # seed from the name
     assert calls[3] == f"-m cifar_s12 train --recipe fast --seed 1 --trainer lightning --out {runs}/fast-lightning-seed1"
+    assert calls[-1] == (f"-m cifar_s12 train --recipe fast --seed 1 --trainer lightning --set ema_decay=null "
+                         f"--out {runs}/fast-lightning-no-ema-seed1")
 
 
 def test_ctrl_c_stops_the_script_and_a_failed_run_only_its_own_turn(fast_runs):
