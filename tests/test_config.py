@@ -37,8 +37,8 @@ def test_set_changes_any_recipe_field_for_an_ablation_and_refuses_what_is_not_on
     from cifar_s12.config import apply_settings
 
     fast = make_config("fast")
-    cfg = apply_settings(fast, ["ema_decay=null", "augment.flip=random", "bn_bias_lr_scale=8", "tta_shift=2"])
-    assert (cfg.ema_decay, cfg.augment.flip, cfg.bn_bias_lr_scale, cfg.tta_shift) == (None, "random", 8, 2)
+    cfg = apply_settings(fast, ["ema_decay=0.99", "augment.flip=random", "bn_bias_lr_scale=8", "tta_shift=2"])
+    assert (cfg.ema_decay, cfg.augment.flip, cfg.bn_bias_lr_scale, cfg.tta_shift) == (0.99, "random", 8, 2)
     assert cfg.augment.cutout_p == fast.augment.cutout_p and cfg.epochs == fast.epochs  # the rest as it was
     for bad, message in ((["foo=1"], "no recipe field 'foo'"), (["epochs=abc"], "epochs is a int"),
                          (["recipe=best"], "no recipe field 'recipe'"), (["epochs"], "write FIELD=VALUE")):

@@ -41,7 +41,7 @@ def test_module_saves_the_hparams_a_loader_needs():
                                                               ("cuda", "16-mixed", True), ("cuda", "32-true", False)])
 def test_module_takes_the_plain_trainers_memory_format(device, precision, channels_last):
     # setup() reads only the trainer's precision and device: a stand-in trainer tells it those
-    module = CifarLitModule.from_config(make_config("fast", **TINY))
+    module = CifarLitModule.from_config(make_config("fast", ema_decay=0.99, **TINY))  # with the optional average
     module._trainer = SimpleNamespace(precision=precision, strategy=SimpleNamespace(root_device=torch.device(device)))
     module.setup("fit")
     layout = torch.channels_last if channels_last else torch.contiguous_format
