@@ -85,7 +85,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_non_negative_int, dest="num_workers",
                    help="DataLoader workers (default: CPU count, max 8)")
     p.add_argument("--set", dest="settings", action="append", metavar="FIELD=VALUE",
-                   help="any other recipe field, e.g. --set ema_decay=null --set augment.flip=random (repeatable)")
+                   help="any other recipe field, e.g. --set ema_decay=0.99 --set augment.flip=random (repeatable)")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:

@@ -109,13 +109,13 @@ def test_an_ablation_made_with_set_is_its_own_row_named_by_its_changes(tmp_path)
 
     (tmp_path / "fast-seed1.json").write_text(json.dumps(fast(1, 0.941)))
     (tmp_path / "fast-seed2.json").write_text(json.dumps(fast(2, 0.943)))
-    (tmp_path / "fast-no-ema.json").write_text(json.dumps(fast(1, 0.935, "ema_decay=null")))
+    (tmp_path / "fast-ema.json").write_text(json.dumps(fast(1, 0.935, "ema_decay=0.99")))
     (tmp_path / "fast-random.json").write_text(json.dumps(fast(1, 0.939, "augment.flip=random", "tta_shift=0")))
     rows = summarise(load_runs(tmp_path))
     assert [(r["changes"], r["seeds"]) for r in rows] == [
-        ("", [1, 2]), ("ema_decay=null", [1]), ('tta_shift=0 augment.flip="random"', [1])]
+        ("", [1, 2]), ("ema_decay=0.99", [1]), ('tta_shift=0 augment.flip="random"', [1])]
     table = markdown_table(rows)
-    assert "| fast `--set ema_decay=null` | 12 |" in table
+    assert "| fast `--set ema_decay=0.99` | 12 |" in table
     assert '| fast `--set tta_shift=0 --set augment.flip="random"` |' in table
 
 
@@ -151,16 +151,17 @@ def test_the_fast_preset_is_the_recipe_its_committed_seeds_trained():
     for path in seeds:
         config = json.loads(path.read_text())["config"]
         assert config["recipe"] == "fast" and recipe_changes(config) == [], path.name
-    # and the earlier preset's run is an ablation of it, by the three parts added since
+    # and the earlier preset's run is an ablation of it: by the three parts added since and the average dropped
     old = json.loads((REPO_DIR / "results" / "fast" / "torch-fast-no-bs256-bnbias-cutout9-seed1.json").read_text())
-    assert recipe_changes(old["config"]) == ["batch_size=512", "max_lr=0.4", "bn_weight_frozen=false",
-                                             "bn_bias_lr_scale=1.0", "augment.cutout_epochs=null"]
+    assert recipe_changes(old["config"]) == ["batch_size=512", "max_lr=0.4", "ema_decay=0.99",
+                                             "bn_weight_frozen=false", "bn_bias_lr_scale=1.0",
+                                             "augment.cutout_epochs=null"]
 
 
-def test_each_committed_ablation_is_the_run_fast_runs_sh_names_it_after():
-    """results/fast/torch-fast-NAME.json is scripts/fast_runs.sh's run NAME: its config differs from the preset by
-    exactly that run's `--set` flags (a file copied under the wrong name, or a script entry changed after its run was
-    committed, fails here)."""
+def test_each_committed_fast_run_is_the_run_fast_runs_sh_names_it_after():
+    """results/fast/TRAINER-fast-NAME.json is scripts/fast_runs.sh's run NAME (lightning-NAME for Lightning): its
+    trainer, its seed and how its config differs from the preset are that run's (a file copied under the wrong name,
+    or a script entry changed after its run was committed, fails here)."""
     import re
     import shlex
 
@@ -169,12 +170,20 @@ def test_each_committed_ablation_is_the_run_fast_runs_sh_names_it_after():
 
     script = (REPO_DIR / "scripts" / "fast_runs.sh").read_text()
     runs = {name: shlex.split(flags) for name, flags in re.findall(r'^  \[([\w-]+)\]="([^"]*)"$', script, re.M)}
-    ablations = {p.name: runs[p.stem.removeprefix("torch-fast-")]
-                 for p in (REPO_DIR / "results" / "fast").glob("torch-fast-*-seed1.json")
-                 if p.stem.removeprefix("torch-fast-") in runs and p.stem != "torch-fast-seed1"}
-    assert "torch-fast-no-ema-seed1.json" in ablations
-    for name, flags in ablations.items():
-        assert flags[0::2] == ["--set"] * (len(flags) // 2), f"{name}: only --set flags expected, got {flags}"
-        expected = apply_settings(make_config("fast", seed=1), flags[1::2]).to_dict()
-        config = json.loads((REPO_DIR / "results" / "fast" / name).read_text())["config"]
-        assert config["seed"] == 1 and recipe_changes(config) == recipe_changes(expected), name
+    checked = []
+    for path in sorted((REPO_DIR / "results" / "fast").glob("*-fast-*.json")):
+        trainer, _, name = path.stem.partition("-fast-")
+        flags = runs.get(name if trainer == "torch" else f"{trainer}-{name}")
+        if flags is None:  # the earlier preset's run, made before the script (the test above)
+            continue
+        if flags[:2] == ["--trainer", "lightning"]:
+            flags = flags[2:]
+        assert flags[0::2] == ["--set"] * (len(flags) // 2), f"{path.name}: only --set flags expected, got {flags}"
+        seed = int(name.rpartition("seed")[2])
+        expected = apply_settings(make_config("fast", seed=seed), flags[1::2]).to_dict()
+        run = json.loads(path.read_text())
+        assert (run["trainer"], run["config"]["seed"]) == (trainer, seed), path.name
+        assert recipe_changes(run["config"]) == recipe_changes(expected), path.name
+        checked.append(path.name)
+    assert {"torch-fast-seed1.json", "lightning-fast-seed1.json", "torch-fast-ema-seed1.json",
+            "torch-fast-dirac-seed1.json"} <= set(checked)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fast_runs.sh"
-# the script's runs in its order (ORDER): the preset first, then the ablations, then the preset without its average
-ORDER = ("seed1", "seed2", "seed3", "lightning-seed1", "no-ema-seed1", "no-bnbias-seed1", "no-bs256-seed1",
-         "no-cutout9-seed1", "randflip-seed1", "dirac-seed1", "bs1024-seed1", "no-ema-seed2", "no-ema-seed3",
-         "lightning-no-ema-seed1")
+# the script's runs in its order (ORDER): the preset first, then the preset with its former moving average, then
+# the ablations
+ORDER = ("seed1", "seed2", "seed3", "lightning-seed1", "ema-seed1", "ema-seed2", "ema-seed3", "lightning-ema-seed1",
+         "no-bnbias-seed1", "no-bs256-seed1", "no-cutout9-seed1", "randflip-seed1", "dirac-seed1", "bs1024-seed1")
 
 
 @pytest.fixture
@@ -43,17 +43,17 @@ def test_new_runs_start_interrupted_ones_resume_finished_ones_are_skipped(fast_r
     (runs / "fast-dirac-seed1" / "checkpoints" / "last.pt").write_bytes(b"")
     (runs / "fast-lightning-seed1" / "checkpoints").mkdir(parents=True)
     (runs / "fast-lightning-seed1" / "checkpoints" / "last.ckpt").write_bytes(b"")
-    (runs / "fast-no-ema-seed1").mkdir()
-    (runs / "fast-no-ema-seed1" / "metrics.json").write_text(json.dumps({"epochs_completed": 12,
-                                                                          "config": {"epochs": 12}}))
-    done, calls = run("no-bnbias-seed1", "dirac-seed1", "lightning-seed1", "no-ema-seed1")
+    (runs / "fast-ema-seed1").mkdir()
+    (runs / "fast-ema-seed1" / "metrics.json").write_text(json.dumps({"epochs_completed": 12,
+                                                                       "config": {"epochs": 12}}))
+    done, calls = run("no-bnbias-seed1", "dirac-seed1", "lightning-seed1", "ema-seed1")
     assert done.returncode == 0, done.stderr
     assert calls == [
-        "-m cifar_s12 train --recipe fast --seed 1 --set bn_weight_frozen=false --set bn_bias_lr_scale=1 "
-        f"--out {runs}/fast-no-bnbias-seed1",
+        "-m cifar_s12 train --recipe fast --seed 1 --set ema_decay=0.99 --set bn_weight_frozen=false "
+        f"--set bn_bias_lr_scale=1 --out {runs}/fast-no-bnbias-seed1",
         f"-m cifar_s12 train --trainer torch --resume {runs}/fast-dirac-seed1",
         f"-m cifar_s12 train --trainer lightning --resume {runs}/fast-lightning-seed1"]  # Lightning's checkpoint
-    assert "no-ema-seed1: finished before, skipped" in done.stdout
+    assert "ema-seed1: finished before, skipped" in done.stdout
 
 
 def test_a_run_stopped_part_way_is_resumed_not_skipped(fast_runs):
@@ -80,15 +80,15 @@ def test_without_names_every_run_starts_in_order_the_preset_first(fast_runs):
     assert [call.split("--out ")[1] for call in calls] == [f"{runs}/fast-{name}" for name in ORDER]
     assert calls[2] == f"-m cifar_s12 train --recipe fast --seed 3 --out {runs}/fast-seed3"  # seed from the name
     assert calls[3] == f"-m cifar_s12 train --recipe fast --seed 1 --trainer lightning --out {runs}/fast-lightning-seed1"
-    assert calls[-1] == (f"-m cifar_s12 train --recipe fast --seed 1 --trainer lightning --set ema_decay=null "
-                         f"--out {runs}/fast-lightning-no-ema-seed1")
+    assert calls[7] == (f"-m cifar_s12 train --recipe fast --seed 1 --trainer lightning --set ema_decay=0.99 "
+                        f"--out {runs}/fast-lightning-ema-seed1")
 
 
 def test_ctrl_c_stops_the_script_and_a_failed_run_only_its_own_turn(fast_runs):
     run, runs = fast_runs
-    done, calls = run("dirac-seed1", "no-ema-seed1", exit_code=130)  # the CLI's exit code after Ctrl-C
+    done, calls = run("dirac-seed1", "ema-seed1", exit_code=130)  # the CLI's exit code after Ctrl-C
     assert done.returncode == 130 and len(calls) == 1
-    done, calls = run("dirac-seed1", "no-ema-seed1", exit_code=2)  # a failed run: the next one still trains
+    done, calls = run("dirac-seed1", "ema-seed1", exit_code=2)  # a failed run: the next one still trains
     assert done.returncode == 2 and len(calls) == 2
 
 
@@ -97,9 +97,9 @@ def test_a_run_that_stopped_in_its_final_tta_evaluation_is_reported_not_taken_as
     (runs / "fast-dirac-seed1").mkdir(parents=True)
     (runs / "fast-dirac-seed1" / "metrics.json").write_text(json.dumps({"epochs_completed": 12,
                                                                          "config": {"epochs": 12, "tta": True}}))
-    done, calls = run("dirac-seed1", "no-ema-seed1")
-    assert done.returncode == 1 and calls == [f"-m cifar_s12 train --recipe fast --seed 1 --set ema_decay=null "
-                                              f"--out {runs}/fast-no-ema-seed1"]
+    done, calls = run("dirac-seed1", "ema-seed1")
+    assert done.returncode == 1 and calls == [f"-m cifar_s12 train --recipe fast --seed 1 --set ema_decay=0.99 "
+                                              f"--out {runs}/fast-ema-seed1"]
     assert "dirac-seed1: trained all its epochs but has no TTA figure" in done.stderr
 
 
