@@ -4,7 +4,7 @@
 #   scripts/fast_runs.sh lightning-seed1 ema-seed1   # only these
 # Each run trains into runs/fast-NAME (or $FAST_RUNS_DIR/fast-NAME). A finished run is skipped and an interrupted one continued with --resume
 # (exactly: docs/cli.md#stopping-and-resuming), so the script can be stopped and started again as often as needed:
-# a run takes about 80 minutes on a 2-core CPU with bf16 instructions and about 5.5 hours in fp32 on one without.
+# a run takes 67-81 minutes on a quiet 2-core CPU with bf16 instructions and about 5.5 hours in fp32 on one without.
 # Run it in a clean checkout: every metrics.json records the commit and whether the tree was clean.
 # Ctrl-C stops the run in progress (its finished epochs kept) and the script with it. Committing a result is a
 # step of its own: copy runs/fast-NAME/metrics.json to results/fast/TRAINER-fast-NAME.json (NAME without
