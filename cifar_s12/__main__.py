@@ -1,4 +1,4 @@
-"""The command line: ``python -m cifar_s12 COMMAND ...``; ``--help`` lists the commands.
+"""The command line: ``cifar-s12 COMMAND ...`` (or ``python -m cifar_s12 COMMAND ...``); ``--help`` lists the commands.
 
 Parses flags and calls the package; no training logic of its own. A UserError (missing data, bad file, unknown name) becomes one line on stderr and exit 2.
 """
@@ -12,11 +12,11 @@ import re
 import sys
 from pathlib import Path
 
-from .app_bench import CLIENTS
+from .app.bench import CLIENTS
 from .config import LOADING_FIELDS, RECIPES, TrainConfig, apply_settings, make_config
-from .errors import UserError
+from .device import PRECISIONS
 from .model import MODELS
-from .runtime import PRECISIONS
+from .utils import UserError
 
 
 def _parse(kind: type, text: str):
@@ -85,7 +85,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_non_negative_int, dest="num_workers",
                    help="DataLoader workers (default: CPU count, max 8)")
     p.add_argument("--set", dest="settings", action="append", metavar="FIELD=VALUE",
-                   help="any other recipe field, e.g. --set ema_decay=0.99 --set augment.flip=random (repeatable)")
+                   help="any other recipe field, e.g. --set batch_size=256 --set augment.flip=random (repeatable)")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -152,7 +152,7 @@ def _make_room_for_new_run(out: Path, overwrite: bool, compare: bool = False) ->
     """An --out that already holds a run is refused: a new run would replace its model and metrics after the first
     epoch, and mix its checkpoints and logs with the new ones. With --overwrite the old run's files go first (only
     those run_folder.py names, so a user's own files in the folder stay)."""
-    from .run_folder import CompareFolder, RunFolder
+    from .runs.folder import CompareFolder, RunFolder
 
     folder = CompareFolder(out) if compare else RunFolder(out)
     _refuse_to_replace(out, folder.written(), overwrite, "a run")
@@ -167,7 +167,7 @@ def _refuse_to_replace(out: Path, found: list[Path], overwrite: bool, what: str)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .run_folder import RunFolder, resume_file
+    from .runs.folder import RunFolder, resume_file
 
     _check_trainer_flags(args)
     cfg = _config(args)
@@ -194,7 +194,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.fast_dev_run:
         print(f"fast dev run: one training and one test batch ran; nothing written to {out}")
     else:
+        from .analysis.plots import save_run_figures
+
         m, folder = result.metrics, RunFolder(out)
+        save_run_figures(folder, m, result.lr_find)
         epochs = m["config"]["epochs"]  # the run's, which a resumed run took from its checkpoint
         if m["epochs_completed"] == epochs:
             done = f"final test accuracy {m['final_test_accuracy']:.4f}"
@@ -205,9 +208,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from .compare import range_tests
-    from .lr_find import LR_FINDERS
-    from .plots import figure_format, figure_formats, plot_lr_finder, plot_lr_finders, save_figure
+    from .analysis.plots import figure_format, figure_formats, plot_lr_finder, plot_lr_finders, save_figure
+    from .lit import CifarLitModule
+    from .lr_find import LR_FINDERS, range_tests
 
     _check_out_file(args.plot, "--plot")
     plot_format, formats = figure_format(args.plot), figure_formats()
@@ -217,7 +220,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     if args.start_lr >= args.end_lr:
         raise UserError(f"--start-lr ({args.start_lr:g}) must be below --end-lr ({args.end_lr:g})")
     kinds = list(LR_FINDERS) if args.lr_finder == "both" else [args.lr_finder]
-    results = range_tests(kinds, _config(args), start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter)
+    results = range_tests(kinds, _config(args), lightning_module=CifarLitModule, start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter)
     if len(results) == 1:
         (result,) = results.values()
         save_figure(plot_lr_finder(result.lrs, result.losses, result.suggested_lr), args.plot)
@@ -229,8 +232,8 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .compare import compare_runs, compare_trainers
-    from .run_folder import CompareFolder
+    from .runs.comparison import compare_runs, compare_trainers
+    from .runs.folder import CompareFolder
 
     out = _check_out_dir(args.out)
     if args.runs:
@@ -274,7 +277,7 @@ def _add_lightning_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import run_bench
+    from .benchmarks.throughput import run_bench
     from .utils import write_json
 
     if args.json:
@@ -300,7 +303,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_results(args: argparse.Namespace) -> None:
-    from .results import load_runs, markdown_table, summarise
+    from .runs.table import load_runs, markdown_table, summarise
 
     runs = [run for folder in args.dir for run in load_runs(folder)]  # several folders make one table
     if not runs:
@@ -309,8 +312,8 @@ def cmd_results(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .report import write_report
-    from .weights import checkpoint_or_shipped
+    from .analysis.report import write_report
+    from .app.shipped_weights import checkpoint_or_shipped
 
     _check_out_dir(args.out)
     for line in write_report(checkpoint_or_shipped(args.checkpoint), args.out, data_dir=args.data_dir,
@@ -320,9 +323,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .analysis import load_image, predict_probabilities, top_k
-    from .checkpoints import load_checkpoint
-    from .weights import checkpoint_or_shipped
+    from .analysis.predictions import load_image, predict_probabilities, top_k
+    from .app.shipped_weights import checkpoint_or_shipped
+    from .runs.checkpoints import load_checkpoint
 
     loaded = load_checkpoint(checkpoint_or_shipped(args.checkpoint))
     loaded_images = [load_image(path) for path in args.images]  # every file is checked before any output
@@ -334,7 +337,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .weights import export_weights
+    from .app.shipped_weights import export_weights
 
     _check_out_file(args.out, "--out")
     for line in export_weights(args.checkpoint, args.out, data_dir=args.data_dir, commit=args.commit):
@@ -342,15 +345,15 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_app(args: argparse.Namespace) -> None:
-    from .app import serve
+    from .app.gradio_app import serve
 
     print(f"serving the app on http://{args.host}:{args.port}/ (Ctrl-C stops it)")
     serve(args.checkpoint, host=args.host, port=args.port, data_dir=args.data_dir, keep_files=args.keep_files)
 
 
 def cmd_space(args: argparse.Namespace) -> None:
-    from .space import write_space
-    from .weights import checkpoint_or_shipped
+    from .app.shipped_weights import checkpoint_or_shipped
+    from .app.space import write_space
 
     _check_out_dir(args.out)
     for line in write_space(args.out, checkpoint_or_shipped(args.checkpoint), data_dir=args.data_dir):
@@ -358,7 +361,7 @@ def cmd_space(args: argparse.Namespace) -> None:
 
 
 def cmd_app_bench(args: argparse.Namespace) -> None:
-    from .app_bench import run_app_bench
+    from .app.bench import run_app_bench
     from .utils import write_json
 
     if args.json:
@@ -374,7 +377,9 @@ def cmd_app_bench(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cifar_s12", description=__doc__.split("\n")[0])
+    # The installed command (cifar-s12) or python -m cifar_s12: usage lines name the one the user typed.
+    prog = "cifar-s12" if Path(sys.argv[0]).name == "cifar-s12" else "python -m cifar_s12"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model; writes metrics.json, model.pt and curves.png to --out")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .errors import UserError
 from .transform import AugmentConfig
+from .utils import UserError
 
 
 @dataclass
@@ -37,9 +37,6 @@ class TrainConfig:
     tta: bool = False              # also report test accuracy with horizontal-flip test-time augmentation
     # Parts of the fast recipe; each default leaves best and course as they were.
     tta_shift: int = 0             # with tta: the views moved this many pixels weigh in too (runtime.predict_logits)
-    ema_decay: float | None = None  # evaluate and save an exponential moving average of the weights and BatchNorm
-    #                                 statistics, updated after every step with this decay (builders.build_ema)
-    dirac_init: bool = False       # convolutions start as the identity on their first in-channels filters
     bn_weight_frozen: bool = False  # BatchNorm scales stay at their initial 1 (D. Page)
     bn_bias_lr_scale: float = 1.0  # BatchNorm biases learn at this multiple of the LR, weight decay divided by it
     seed: int = 1
@@ -79,8 +76,7 @@ RECIPES: dict[str, TrainConfig] = {
     # best in 12 epochs, the network unchanged, with what pays in a short run: batch 256 with the peak LR halved
     # (twice the steps), BatchNorm scales frozen at 1 and biases at 64x the LR (Page), alternating flips, cutout in
     # the first 9 epochs only, flip + 1-pixel-shift test-time augmentation. 94.06% mean over 3 seeds with its TTA
-    # (docs/measurements.md#the-fast-recipe); what each part adds: the ablation table there. A moving average of the
-    # weights (ema_decay) was in it and is not: as OneCycle anneals the LR to ~0 the raw weights settle as well.
+    # (docs/measurements.md#the-fast-recipe); what each part adds: the ablation table there.
     "fast": TrainConfig(recipe="fast", epochs=12, batch_size=256, max_lr=0.2, tta=True, tta_shift=1,
                         bn_weight_frozen=True, bn_bias_lr_scale=64.0,
                         augment=AugmentConfig(flip="alternating", cutout_epochs=9)),
@@ -140,13 +136,21 @@ def _as_saved(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(cfg.to_dict()))
 
 
+def recipe_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Where ``saved`` (a run's ``config``) and ``cfg`` differ as recipes, one ``field: saved -> cfg`` each (the
+    loading fields and, when a range test will pick it, the max LR do not count)."""
+    theirs, ours = _as_saved(TrainConfig.from_dict(saved)), _as_saved(cfg)
+    ignored = {*LOADING_FIELDS, *(["max_lr"] if cfg.max_lr is None else [])}
+    flat = [(k, theirs[k], v) for k, v in ours.items() if k not in ignored and k != "augment"]
+    flat += [(f"augment.{k}", theirs["augment"][k], v) for k, v in ours["augment"].items()]
+    return [f"{name}: {old!r} there, {new!r} here" for name, old, new in flat if old != new]
+
+
 def same_recipe(saved: dict, cfg: TrainConfig) -> bool:
     """Whether ``saved`` (a run's ``config``, as metrics.json and checkpoints hold it) is ``cfg``'s recipe. A field
     that a run from before it existed lacks counts as its default (defaults leave the recipes as they were); with
     ``cfg.max_lr`` None (an LR range test picks it) any max LR is the one that test found."""
-    theirs, ours = _as_saved(TrainConfig.from_dict(saved)), _as_saved(cfg)
-    ignored = {*LOADING_FIELDS, *(["max_lr"] if cfg.max_lr is None else [])}
-    return all(theirs[k] == v for k, v in ours.items() if k not in ignored)
+    return not recipe_differences(saved, cfg)
 
 
 # Fields that are not what makes a run an ablation of its recipe: the seed, the length, the data subset and the
@@ -154,8 +158,13 @@ def same_recipe(saved: dict, cfg: TrainConfig) -> bool:
 NOT_RECIPE_CHANGES = ("recipe", "seed", "epochs", "tta", "precision", "subset", "test_subset", *LOADING_FIELDS)
 
 
+# Fields of experiments that lost and left the code (docs/measurements.md says at which commit it lives), with the
+# value that meant "off": an old run that switched one on is still told apart from its recipe.
+REMOVED_FIELDS = {"ema_decay": None, "dirac_init": False}
+
+
 def recipe_changes(saved: dict) -> list[str]:
-    """How a run's ``config`` departs from its named recipe, as ``--set`` spells it (``ema_decay=null``,
+    """How a run's ``config`` departs from its named recipe, as ``--set`` spells it (``max_lr=0.4``,
     ``augment.flip="random"``): the results table gives an ablation its own row."""
     import json
 
@@ -164,6 +173,7 @@ def recipe_changes(saved: dict) -> list[str]:
         return []
     theirs, preset = _as_saved(TrainConfig.from_dict(saved)), _as_saved(RECIPES[recipe])
     flat = [(k, v, preset[k]) for k, v in theirs.items() if k != "augment" and k not in NOT_RECIPE_CHANGES]
+    flat += [(k, saved[k], off) for k, off in REMOVED_FIELDS.items() if k in saved]
     flat += [(f"augment.{k}", v, preset["augment"][k]) for k, v in theirs["augment"].items()]
     return [f"{name}={json.dumps(value)}" for name, value, default in flat if value != default]
 

@@ -13,15 +13,16 @@ import hashlib
 import os
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import UserError
-from .utils import atomic_path
+from .config import TrainConfig
+from .transform import test_transform, train_transform
+from .utils import UserError, atomic_path
 
 # torchvision.datasets.CIFAR10's class order (index = position). It is also alphabetical, as ImageFolder sorts.
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -304,3 +305,25 @@ def synthetic_image_folder(root: str | os.PathLike, train_per_class: int = 60, t
                 pixels = colour * 0.6 + 60 * stripes + rng.normal(0, 25, (32, 32, 3))
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / split / name / f"{i:05d}.png")
     return root
+
+
+def load_data(cfg: TrainConfig, data: CifarData | None = None) -> CifarData:
+    """The recipe's data: CIFAR-10 from ``cfg.data_dir`` (or the arrays handed in), cut to ``cfg.subset`` and
+    ``cfg.test_subset``. The same subset whatever the training seed; cutting an already cut set changes nothing."""
+    data = data if data is not None else load_cifar10(cfg.data_dir, download=cfg.download)
+    return subset(data, cfg.subset, cfg.test_subset, seed=0)
+
+
+def build_loaders(cfg: TrainConfig, data: CifarData, rank: int = 0, world_size: int = 1):
+    """Training loader (each epoch's order and each image's augmentations drawn from ``cfg.seed``, the epoch and
+    the image: see dataset.EpochSampler) and test loader; under DDP, process ``rank``'s share of each."""
+    late = cfg.augment.cutout_epochs  # after that many epochs, the same pipeline without cutout
+    train_ds = CifarDataset(data.train, train_transform(cfg.augment), seed=cfg.seed,
+                            alternate_flips=cfg.augment.flip == "alternating",
+                            late_transform=train_transform(replace(cfg.augment, cutout_p=0.0)) if late is not None
+                            else None, late_from_epoch=late)
+    test_ds = CifarDataset(data.test, test_transform())
+    return (make_loader(train_ds, cfg.batch_size, train=True, num_workers=cfg.num_workers, seed=cfg.seed,
+                        rank=rank, world_size=world_size),
+            make_loader(test_ds, cfg.batch_size, train=False, num_workers=cfg.num_workers, rank=rank,
+                        world_size=world_size))

@@ -1,9 +1,8 @@
 """LR range tests: raise the LR exponentially over a few steps, watch the loss, suggest a max LR for OneCycle.
 
-The plain trainer's test is torch-lr-finder's (``find_lr``). Lightning's ``Tuner.lr_find`` lives in lit.py, which
-also picks one of the two by name (``range_test``); compare.range_tests runs both from the same weights on the same
-batches, so their curves can be compared side by side. This module imports neither of those: the plain trainer
-never needs Lightning.
+Both tests live here: torch-lr-finder's (``find_lr``, the plain trainer's) and Lightning's ``Tuner.lr_find``
+(``lightning_lr_find``); ``range_test`` picks one by name and ``range_tests`` runs several from the same weights on
+the same batches, so their curves compare side by side. Lightning is imported only when its test runs.
 """
 from __future__ import annotations
 
@@ -17,9 +16,12 @@ import torch
 from torch import nn
 from tqdm import TqdmWarning
 
-from .builders import build_criterion, build_optimizer
 from .config import TrainConfig
-from .runtime import AutocastModel, Runtime
+from .dataset import CifarData, build_loaders, load_data
+from .device import AutocastModel, Runtime, accelerator_device, lightning_precision
+from .onecycle import build_criterion, build_model_for, build_optimizer
+from .runs.plumbing import RUN_NOTICES, TUNER_NOTICES, ctrl_c_raises, lightning_notices_hidden
+from .utils import UserError, seed_everything
 
 # torch-lr-finder's bar comes from tqdm.auto, which warns "IProgress not found" without ipywidgets and then draws a
 # text bar, as the trainers do: the warning is noise.
@@ -71,3 +73,56 @@ def steepest_descent_lr(lrs: list[float], losses: list[float], skip_start: int =
         skip_start, skip_end = 0, 0
     sel_lrs, sel_losses = lrs[skip_start:len(lrs) - skip_end], losses[skip_start:len(losses) - skip_end]
     return float(sel_lrs[int(np.gradient(np.asarray(sel_losses)).argmin())])
+
+
+def lightning_lr_find(module, loaders, cfg: TrainConfig, accelerator: str = "auto", start_lr: float = 1e-5,
+                      end_lr: float = 10.0, num_iter: int = 100) -> LRFindResult:
+    """``Tuner.lr_find`` of the LightningModule ``module`` on one device over ``loaders`` (train, test); its
+    weights are restored afterwards."""
+    import tempfile
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.tuner import Tuner
+
+    # Tuner keeps the initial weights in a checkpoint file in tmp
+    with tempfile.TemporaryDirectory() as tmp, lightning_notices_hidden(*RUN_NOTICES, *TUNER_NOTICES):
+        trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=num_iter, max_epochs=num_iter,
+                             precision=lightning_precision(accelerator_device(accelerator), cfg.precision),
+                             logger=False, enable_checkpointing=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, default_root_dir=tmp)
+        with ctrl_c_raises(trainer):
+            finder = Tuner(trainer).lr_find(module, train_dataloaders=loaders[0], val_dataloaders=loaders[1],
+                                            min_lr=start_lr, max_lr=end_lr, num_training=num_iter, update_attr=False)
+        suggestion = finder.suggestion()
+    lrs, losses = [float(v) for v in finder.results["lr"]], [float(v) for v in finder.results["loss"]]
+    return LRFindResult(suggestion if suggestion is not None else steepest_descent_lr(lrs, losses), lrs, losses)
+
+
+def range_test(kind: str, cfg: TrainConfig, model: nn.Module, loaders, accelerator: str = "auto",
+               lightning_module=None, **limits) -> LRFindResult:
+    """Run the range test ``kind`` (a key of LR_FINDERS) on ``loaders`` (train, test) from ``model``'s current
+    weights, which it leaves as found. ``lightning_module``: the LightningModule class Lightning's test trains
+    (lit.CifarLitModule; passed in, since lit.py imports this module). ``limits``: start_lr, end_lr, num_iter."""
+    if kind not in LR_FINDERS:
+        raise UserError(f"unknown LR finder {kind!r}; choose from {', '.join(LR_FINDERS)}")
+    limits.setdefault("num_iter", range_test_iters(len(loaders[0])))
+    if kind == "lightning":
+        if lightning_module is None:
+            raise ValueError("Lightning's range test needs lightning_module=lit.CifarLitModule")
+        return lightning_lr_find(lightning_module.from_config(cfg, model=model), loaders, cfg, accelerator, **limits)
+    runtime = Runtime.create(cfg.precision, accelerator_device(accelerator).type)
+    return find_lr(runtime.prepare(model), loaders[0], cfg, runtime, **limits)
+
+
+def range_tests(kinds, cfg: TrainConfig, accelerator: str = "auto", data: CifarData | None = None,
+                lightning_module=None, **limits) -> dict[str, LRFindResult]:
+    """Each range test of ``kinds`` (keys of LR_FINDERS) from the same seeded initial weights and fresh loaders (so
+    the same batches in the same order), for comparing them. ``data``: arrays already loaded (else ``cfg``'s)."""
+    data = load_data(cfg, data)
+    results = {}
+    for kind in kinds:
+        seed_everything(cfg.seed)
+        results[kind] = range_test(kind, cfg, build_model_for(cfg), build_loaders(cfg, data), accelerator,
+                                   lightning_module, **limits)
+    return results
+

@@ -1,55 +1,45 @@
 #!/usr/bin/env bash
-# The full 12-epoch runs behind the `fast` recipe's results and ablation table (docs/measurements.md), one at a time:
-#   scripts/fast_runs.sh                             # every run below, in this order
-#   scripts/fast_runs.sh lightning-seed1 ema-seed1   # only these
-# Each run trains into runs/fast-NAME (or $FAST_RUNS_DIR/fast-NAME). A finished run is skipped and an interrupted one continued with --resume
-# (exactly: docs/cli.md#stopping-and-resuming), so the script can be stopped and started again as often as needed:
-# a run takes 67-81 minutes on a quiet 2-core CPU with bf16 instructions and about 5.5 hours in fp32 on one without.
+# The full 12-epoch runs of the `fast` recipe behind its results (docs/measurements.md), one at a time:
+#   scripts/fast_runs.sh                         # every run below, in this order
+#   scripts/fast_runs.sh lightning-seed1 seed2   # only these
+# Each run trains into runs/fast-NAME (or $FAST_RUNS_DIR/fast-NAME). A finished run is skipped and an interrupted one
+# continued with --resume (exactly: docs/cli.md#stopping-and-resuming), so the script can be stopped and started again
+# as often as needed: a run takes 66.8-70.0 minutes on a quiet 2-core CPU with bf16 instructions (seed2, seed3 and
+# lightning-seed1; seed1 shared its CPU and took 120.0) and about 5.5 hours in fp32 on one without.
 # Run it in a clean checkout: every metrics.json records the commit and whether the tree was clean.
 # Ctrl-C stops the run in progress (its finished epochs kept) and the script with it. Committing a result is a
 # step of its own: copy runs/fast-NAME/metrics.json to results/fast/TRAINER-fast-NAME.json (NAME without
 # its lightning- prefix: lightning-seed1 -> lightning-fast-seed1.json), then
 # `python -m cifar_s12 results --dir results/fast` makes the table.
+# The other files in results/fast, the moving-average (ema-*) runs and the ablations, are this script's runs as of
+# commit 68880f0 (`git show 68880f0:scripts/fast_runs.sh`), whose package has their code (ema_decay, dirac_init);
+# each JSON file records the command as it ran and its git_commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python}
 RUNS_DIR=${FAST_RUNS_DIR:-runs}
 
-# name -> what it changes in `--recipe fast --seed N` (N from the name's seedN). The preset itself from three seeds
-# and in the Lightning trainer; then the preset as it was with a moving average of the weights (ema-*: `ema_decay`
-# 0.99), from the same seeds, which the ablations were measured against; then the ablations, one seed each, each
-# from that preset: every part left out in turn (no-*, randflip), and the candidates that are not in it: dirac, and
-# batch 1024 with the peak LR scaled with the batch (256: 0.2, 512: 0.4). The TTA views need no run of their own:
-# every run reports its accuracy without TTA, with flip TTA alone and with the recipe's flip + shift TTA.
+# name -> what it changes in `--recipe fast --seed N` (N from the name's seedN): the preset itself from three seeds
+# and in the Lightning trainer. The TTA views need no run of their own: every run reports its accuracy without TTA,
+# with flip TTA alone and with the recipe's flip + shift TTA.
 declare -A RUNS=(
   [seed1]=""
   [seed2]=""
   [seed3]=""
   [lightning-seed1]="--trainer lightning"
-  [ema-seed1]="--set ema_decay=0.99"
-  [ema-seed2]="--set ema_decay=0.99"
-  [ema-seed3]="--set ema_decay=0.99"
-  [lightning-ema-seed1]="--trainer lightning --set ema_decay=0.99"
-  [no-bnbias-seed1]="--set ema_decay=0.99 --set bn_weight_frozen=false --set bn_bias_lr_scale=1"
-  [no-bs256-seed1]="--set ema_decay=0.99 --set batch_size=512 --set max_lr=0.4"
-  [no-cutout9-seed1]="--set ema_decay=0.99 --set augment.cutout_epochs=null"
-  [randflip-seed1]="--set ema_decay=0.99 --set augment.flip=random"
-  [dirac-seed1]="--set ema_decay=0.99 --set dirac_init=true"
-  [bs1024-seed1]="--set ema_decay=0.99 --set batch_size=1024 --set max_lr=0.8"
 )
-ORDER=(seed1 seed2 seed3 lightning-seed1 ema-seed1 ema-seed2 ema-seed3 lightning-ema-seed1 no-bnbias-seed1
-       no-bs256-seed1 no-cutout9-seed1 randflip-seed1 dirac-seed1 bs1024-seed1)
+ORDER=(seed1 seed2 seed3 lightning-seed1)
 
-# What to do with each run folder DIR given, one word a line (run_folder and results own the file names and the
+# What to do with each run folder DIR given, one word a line (runs.folder and runs.table own the file names and the
 # finished rule; one Python for all, since importing the package takes seconds): done (all of its recipe's epochs,
 # and its TTA figure if the recipe has TTA); no-tta (all the epochs but no TTA figure: it stopped in its final
 # evaluation); torch or lightning (that trainer's checkpoint is there to continue); new (nothing to continue)
 run_states() {
   "$PYTHON" - "$@" <<'EOF'
 import json, sys
-from cifar_s12.results import is_finished, lacks_tta
-from cifar_s12.run_folder import RunFolder
+from cifar_s12.runs.table import is_finished, lacks_tta
+from cifar_s12.runs.folder import RunFolder
 for folder in map(RunFolder, sys.argv[1:]):
     try:
         run = json.loads(folder.metrics.read_text()) if folder.metrics.is_file() else None

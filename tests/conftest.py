@@ -47,7 +47,7 @@ def checkpoint(tmp_path_factory) -> Path:
     from cifar_s12.config import make_config
     from cifar_s12.dataset import CLASSES
     from cifar_s12.model import CustomResNet
-    from cifar_s12.checkpoints import save_checkpoint
+    from cifar_s12.runs.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     cfg = make_config("best", epochs=2)

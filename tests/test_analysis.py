@@ -4,14 +4,27 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cifar_s12.analysis import (Predictions, check_cam_layer, collect_logits, confusion_matrix, first_per_class, gradcam,
-                                load_image, normalised, per_class_accuracy, predict_probabilities, predict_split,
-                                resolve_layer, top_k, write_per_class_csv)
-from cifar_s12.checkpoints import load_checkpoint
+from cifar_s12.analysis.predictions import (
+    Predictions,
+    check_cam_layer,
+    collect_logits,
+    confusion_matrix,
+    first_per_class,
+    gradcam,
+    load_image,
+    normalised,
+    per_class_accuracy,
+    predict_probabilities,
+    predict_split,
+    resolve_layer,
+    top_k,
+    write_per_class_csv,
+)
 from cifar_s12.dataset import CLASSES, CifarDataset, Split, make_loader, subset
-from cifar_s12.errors import UserError
-from cifar_s12.runtime import Runtime
+from cifar_s12.device import Runtime
+from cifar_s12.runs.checkpoints import load_checkpoint
 from cifar_s12.transform import test_transform as eval_transform
+from cifar_s12.utils import UserError
 
 FP32 = Runtime.create("fp32", "cpu")
 
@@ -231,7 +244,7 @@ def test_top_k_is_the_k_most_likely_classes_most_likely_first():
 
 @pytest.mark.parametrize("name", ["custom_resnet", "resnet18"])
 def test_cam_layer_choices_are_feature_maps_named_with_their_size(name):
-    from cifar_s12.analysis import cam_layer_choices, default_cam_layer
+    from cifar_s12.analysis.predictions import cam_layer_choices, default_cam_layer
     from cifar_s12.model import build_model
 
     model = build_model(name)

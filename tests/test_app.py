@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar_s12.app import MAX_TOP_K, S12App, enlarge
-from cifar_s12.app_bench import running_app
-from cifar_s12.checkpoints import load_checkpoint, save_safetensors
+from cifar_s12.app.bench import running_app
+from cifar_s12.app.gradio_app import MAX_TOP_K, S12App, enlarge
+from cifar_s12.app.mistakes import MAX_MISTAKES
+from cifar_s12.app.shipped_weights import SHIPPED_WEIGHTS, example_images, read_card
 from cifar_s12.config import TrainConfig
 from cifar_s12.dataset import CLASSES
-from cifar_s12.mistakes import MAX_MISTAKES
-from cifar_s12.weights import SHIPPED_WEIGHTS, example_images, read_card
+from cifar_s12.runs.checkpoints import load_checkpoint, save_safetensors
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = "layer3.1.body.1"
@@ -70,7 +70,7 @@ def test_classify_returns_what_the_model_sees_top_k_and_the_overlay(app, images)
     seen, label, overlay = app.classify(str(images["photo"]), 4, True, None, 0.5)
     assert seen.shape == overlay.shape == (SIDE, SIDE, 3) and seen.dtype == np.uint8
     # the 32x32 shown is the file prepared as `predict` prepares it: centre crop 48x48, resize, pixel for pixel
-    from cifar_s12.analysis import load_image, predict_probabilities
+    from cifar_s12.analysis.predictions import load_image, predict_probabilities
 
     pixels = load_image(images["photo"])[0]
     np.testing.assert_array_equal(seen, enlarge(pixels))
@@ -145,13 +145,13 @@ def test_the_gallery_is_the_most_confident_mistakes_captioned(app):
 
 
 def test_mistakes_are_cached_by_the_weights_hash_and_reused(app, weights, tiny_dir, monkeypatch):
-    from cifar_s12.mistakes import cache_paths
+    from cifar_s12.app.mistakes import cache_paths
 
     beside, elsewhere = cache_paths(weights)
     assert beside.name.startswith("model.mistakes-") and beside.name == elsewhere.name
     assert not beside.exists() and elsewhere.is_file()  # a 20-image test set is not cached beside the weights
     caches = [elsewhere]
-    from cifar_s12 import mistakes
+    from cifar_s12.app import mistakes
 
     monkeypatch.setattr(mistakes, "load_cifar10", lambda *a, **k: pytest.fail("read the data set again"))
     again = S12App(weights, data_dir=str(tiny_dir))
@@ -216,7 +216,7 @@ def test_bad_uploads_and_arguments_are_errors_and_the_server_answers_next(server
 
 
 def test_concurrent_clients_sending_the_same_images_all_get_whole_answers(server):
-    from cifar_s12.app_bench import run_clients
+    from cifar_s12.app.bench import run_clients
 
     url, _, _ = server
     figures = run_clients(url, clients=4, requests=5)  # 4 clients cycling through the same 10 examples
@@ -225,7 +225,7 @@ def test_concurrent_clients_sending_the_same_images_all_get_whole_answers(server
 
 
 def test_the_benchmarks_percentiles_are_linear_between_ranks():
-    from cifar_s12.app_bench import percentile
+    from cifar_s12.app.bench import percentile
 
     latencies = [float(v) for v in np.random.default_rng(0).permutation(np.arange(10, 111))]  # 10 ... 110 ms
     assert (percentile(latencies, 50), percentile(latencies, 95), percentile(latencies, 100)) == (60, 105, 110)
@@ -234,7 +234,7 @@ def test_the_benchmarks_percentiles_are_linear_between_ranks():
 
 
 def test_gradio_client_is_the_benchmarks_other_client(server):
-    from cifar_s12.app_bench import run_clients
+    from cifar_s12.app.bench import run_clients
 
     url, _, _ = server
     figures = run_clients(url, clients=1, requests=2, via="gradio_client")
@@ -259,7 +259,7 @@ def _fake_app(download: bytes, event: str = "complete"):
 
 
 def test_the_benchmarks_http_client_counts_cut_images_and_error_events_as_failures(tmp_path):
-    from cifar_s12.app_bench import PNG_END, PNG_START, classify_over_http
+    from cifar_s12.app.bench import PNG_END, PNG_START, classify_over_http
 
     image = tmp_path / "cat.png"
     Image.new("RGB", (32, 32)).save(image)
@@ -296,7 +296,7 @@ def test_uploads_do_not_pile_up(server, images):
 def test_the_space_folder_starts_with_python_app_py_and_answers(app, weights, tmp_path):
     from gradio_client import handle_file
 
-    from cifar_s12.space import write_space
+    from cifar_s12.app.space import write_space
 
     space = tmp_path / "space"
     write_space(space, weights)

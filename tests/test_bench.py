@@ -1,13 +1,14 @@
 import pytest
 import torch
 
-from cifar_s12 import bench, runtime
-from cifar_s12.bench import run_bench
+from cifar_s12 import device as runtime
+from cifar_s12.benchmarks import throughput as bench
+from cifar_s12.benchmarks.throughput import run_bench
 from cifar_s12.config import make_config
 from cifar_s12.dataset import subset
-from cifar_s12.errors import UserError
+from cifar_s12.device import Runtime
 from cifar_s12.model import CustomResNet
-from cifar_s12.runtime import Runtime
+from cifar_s12.utils import UserError
 
 TINY_BENCH = dict(batch_size=8, steps=1, warmup=1, loader_batches=2, matmul_size=64, matmul_repeats=1)
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from cifar_s12 import runtime
-from cifar_s12.checkpoints import load_checkpoint, read_safetensors, save_safetensors
+from cifar_s12 import device as runtime
 from cifar_s12.dataset import CLASSES
-from cifar_s12.errors import UserError
+from cifar_s12.runs.checkpoints import load_checkpoint, read_safetensors, save_safetensors
+from cifar_s12.utils import UserError
 
 
 def lightning_style(checkpoint_path, out_path):

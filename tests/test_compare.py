@@ -7,8 +7,8 @@ import pytest
 from test_cli import cli
 from test_lit import TINY_FLAGS
 
-from cifar_s12 import compare
 from cifar_s12.config import make_config
+from cifar_s12.runs import comparison as compare
 
 
 def test_compare_trains_both_and_they_agree(tmp_path):
@@ -48,16 +48,19 @@ def test_the_summary_weighs_each_epoch_by_its_seconds_and_keeps_the_largest_loss
         def fit(cfg, out, data, log):
             calls.append((name, out, data))
             return SimpleNamespace(metrics={"history": histories[name], "wall_seconds": 5.0,
-                                            "final_test_accuracy": histories[name][-1]["test_acc"]})
+                                            "final_test_accuracy": histories[name][-1]["test_acc"]}, lr_find=None)
         return fit
 
     monkeypatch.setattr(compare, "load_data", lambda cfg: data)
     monkeypatch.setattr(compare, "fit", trainer("torch"))
     monkeypatch.setattr(compare, "fit_lightning", trainer("lightning"))
+    monkeypatch.setattr(compare, "save_run_figures", lambda folder, metrics, lr_find: calls.append(folder.root))
     cpu_clock = iter([10.0, 13.0, 13.0, 20.0])  # before and after each run: 3 s, then 7 s of CPU
     monkeypatch.setattr(compare, "_cpu_seconds", lambda: next(cpu_clock))
     summary = compare.compare_trainers(make_config("best"), tmp_path, log=lambda *a: None)
-    assert calls == [("torch", tmp_path / "torch", data), ("lightning", tmp_path / "lightning", data)]  # one data set
+    # one data set for both, and each run's own curves drawn in its folder
+    assert calls == [("torch", tmp_path / "torch", data), tmp_path / "torch", ("lightning", tmp_path / "lightning", data),
+                     tmp_path / "lightning"]
     assert json.loads((tmp_path / "compare.json").read_text()) == summary
     torch_run, lightning_run = summary["torch"], summary["lightning"]
     assert (torch_run["images_per_second"], lightning_run["images_per_second"]) == (250, 200)
@@ -112,7 +115,7 @@ def test_compare_runs_compares_two_runs_already_made_and_draws_them(tmp_path):
 
 
 def test_compare_draws_both_trainers_loss_accuracy_and_speed_per_epoch():
-    from cifar_s12.plots import plot_trainer_comparison
+    from cifar_s12.analysis.plots import plot_trainer_comparison
 
     history = [{"epoch": n, "train_loss": 1.0, "test_loss": 1.1, "test_acc": 0.5, "images_per_second": 90.0}
                for n in (1, 2, 3)]

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from cifar_s12.config import RECIPES, TrainConfig, make_config
-from cifar_s12.errors import UserError
 from cifar_s12.transform import AugmentConfig
+from cifar_s12.utils import UserError
 
 
 def test_best_is_pages_recipe_and_course_the_assignments():
@@ -37,10 +37,11 @@ def test_set_changes_any_recipe_field_for_an_ablation_and_refuses_what_is_not_on
     from cifar_s12.config import apply_settings
 
     fast = make_config("fast")
-    cfg = apply_settings(fast, ["ema_decay=0.99", "augment.flip=random", "bn_bias_lr_scale=8", "tta_shift=2"])
-    assert (cfg.ema_decay, cfg.augment.flip, cfg.bn_bias_lr_scale, cfg.tta_shift) == (0.99, "random", 8, 2)
+    cfg = apply_settings(fast, ["max_lr=0.1", "augment.flip=random", "bn_bias_lr_scale=8", "tta_shift=2"])
+    assert (cfg.max_lr, cfg.augment.flip, cfg.bn_bias_lr_scale, cfg.tta_shift) == (0.1, "random", 8, 2)
     assert cfg.augment.cutout_p == fast.augment.cutout_p and cfg.epochs == fast.epochs  # the rest as it was
     for bad, message in ((["foo=1"], "no recipe field 'foo'"), (["epochs=abc"], "epochs is a int"),
-                         (["recipe=best"], "no recipe field 'recipe'"), (["epochs"], "write FIELD=VALUE")):
+                         (["recipe=best"], "no recipe field 'recipe'"), (["epochs"], "write FIELD=VALUE"),
+                         (["ema_decay=0.99"], "no recipe field 'ema_decay'")):  # a removed experiment
         with pytest.raises(UserError, match=message):
             apply_settings(fast, bad)

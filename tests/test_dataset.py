@@ -4,8 +4,8 @@ import torch
 
 from cifar_s12 import dataset as ds
 from cifar_s12.dataset import CLASSES, CifarDataset, balanced_subset, load_cifar10, make_loader, subset
-from cifar_s12.errors import UserError
 from cifar_s12.transform import test_transform as eval_transform
+from cifar_s12.utils import UserError
 
 
 def test_image_folder_is_decoded_and_cached(tiny_dir, tmp_path, monkeypatch):

@@ -1,19 +1,21 @@
-"""The parts of the fast recipe (config.RECIPES["fast"]), each a TrainConfig field built in builders.py or applied in
-dataset.py / runtime.py, so both trainers get them: what each one does, and that best and course do without."""
+"""The parts of the fast recipe (config.RECIPES["fast"]), each a TrainConfig field built in onecycle.py or applied in
+dataset.py / tta.py, so both trainers get them: what each one does, and that best and course do without."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from cifar_s12.builders import build_ema, build_loaders, build_model_for, build_optimizer, build_scheduler
 from cifar_s12.config import RECIPES, TrainConfig, make_config
-from cifar_s12.dataset import CifarData, Split
+from cifar_s12.dataset import CifarData, Split, build_loaders
 from cifar_s12.model import count_parameters
-from cifar_s12.runtime import predict_logits, translate
-from cifar_s12.transform import AugmentConfig
-from cifar_s12.transform import test_transform as eval_transform  # not test_*: pytest would collect it
+from cifar_s12.onecycle import build_model_for, build_optimizer, build_scheduler
+from cifar_s12.transform import (
+    AugmentConfig,
+    test_transform as eval_transform,  # not test_*: pytest would collect it
+)
+from cifar_s12.tta import predict_logits, translate
 
-PARTS = {"ema_decay": None, "tta_shift": 0, "dirac_init": False, "bn_weight_frozen": False, "bn_bias_lr_scale": 1.0}
+PARTS = {"tta_shift": 0, "bn_weight_frozen": False, "bn_bias_lr_scale": 1.0}
 
 
 def test_best_and_course_have_none_of_the_parts_and_fast_keeps_the_network():
@@ -44,32 +46,6 @@ def test_batchnorm_biases_get_a_scaled_lr_and_frozen_scales_are_not_trained():
     assert len(optimizer.param_groups) == 2  # convolutions + linear, BatchNorm biases; no scales
     plain = build_optimizer(build_model_for(RECIPES["best"]), RECIPES["best"])
     assert len(plain.param_groups) == 1
-
-
-def test_dirac_init_makes_a_square_convolution_the_identity():
-    model = build_model_for(make_config("best", dirac_init=True))
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels == m.out_channels]
-    assert convs
-    x = torch.randn(2, convs[0].in_channels, 8, 8)
-    assert torch.allclose(convs[0](x), x, atol=1e-6)
-    other = build_model_for(RECIPES["best"])
-    same = [m for m in other.modules() if isinstance(m, nn.Conv2d) and m.in_channels == m.out_channels][0]
-    assert not torch.allclose(same(x), x, atol=1e-2)
-
-
-def test_the_moving_average_trails_the_weights_by_its_ramped_decay():
-    model = nn.Linear(2, 1, bias=False)
-    ema = build_ema(model, make_config("best", ema_decay=0.9))
-    assert build_ema(model, RECIPES["best"]) is None
-    expected = None
-    for step in range(200):
-        with torch.no_grad():
-            model.weight.fill_(float(step))
-        ema.update_parameters(model)
-        d = min(0.9, (1 + step) / (10 + step))  # after `step` updates; the first update copies
-        expected = float(step) if expected is None else d * expected + (1 - d) * step
-        assert ema.module.weight.flatten().tolist() == pytest.approx([expected] * 2)
-    assert 200 - 1 - expected == pytest.approx(0.9 / 0.1, rel=0.01)  # at 0.9 it lags a ramp by 9 steps
 
 
 def test_alternating_flips_show_each_image_mirrored_in_one_of_two_epochs():

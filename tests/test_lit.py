@@ -14,13 +14,13 @@ from test_cli import cli
 from test_train import flip_tta_accuracy
 
 from cifar_s12.__main__ import main
-from cifar_s12.builders import planned_lrs
 from cifar_s12.config import make_config
 from cifar_s12.dataset import subset
-from cifar_s12.errors import UserError
-from cifar_s12.runtime import Runtime
-from cifar_s12.lit import (CifarDataModule, CifarLitModule, fit_lightning, read_resume_checkpoint,
-                           workers_per_process)
+from cifar_s12.device import Runtime
+from cifar_s12.lit import CifarDataModule, CifarLitModule, fit_lightning, workers_per_process
+from cifar_s12.onecycle import planned_lrs
+from cifar_s12.runs.lightning_history import read_resume_checkpoint
+from cifar_s12.utils import UserError
 
 # Small and quick: a few hundred images, batches of 32-64, 1-3 epochs, no loader workers (the CPU is shared).
 TINY = dict(subset=256, test_subset=128, batch_size=64, max_lr=0.05, num_workers=0)
@@ -41,14 +41,14 @@ def test_module_saves_the_hparams_a_loader_needs():
                                                               ("cuda", "16-mixed", True), ("cuda", "32-true", False)])
 def test_module_takes_the_plain_trainers_memory_format(device, precision, channels_last):
     # setup() reads only the trainer's precision and device: a stand-in trainer tells it those
-    module = CifarLitModule.from_config(make_config("fast", ema_decay=0.99, **TINY))  # with the optional average
+    module = CifarLitModule.from_config(make_config("fast", **TINY))
     module._trainer = SimpleNamespace(precision=precision, strategy=SimpleNamespace(root_device=torch.device(device)))
     module.setup("fit")
     layout = torch.channels_last if channels_last else torch.contiguous_format
     assert module.memory_format == Runtime(torch.device(device), None if precision == "32-true" else torch.bfloat16,
                                            ).memory_format == layout
     conv_weights = [p for name, p in module.named_parameters() if p.ndim == 4]
-    assert conv_weights and all(p.is_contiguous(memory_format=layout) for p in conv_weights)  # the EMA's too
+    assert conv_weights and all(p.is_contiguous(memory_format=layout) for p in conv_weights)
 
 
 def test_datamodule_sizes_and_val_is_the_test_split(data):
@@ -98,7 +98,7 @@ def test_cli_lightning_writes_the_plain_trainers_outputs_and_lightnings_logs(tmp
     assert {"model_name", "model_kwargs", "config", "classes"} <= set(last["hyper_parameters"])
     assert all(key.startswith("model.") for key in last["state_dict"])
     # The analysis tools read Lightning's last.ckpt as they read model.pt: the same weights, the same classes.
-    from cifar_s12.checkpoints import load_checkpoint
+    from cifar_s12.runs.checkpoints import load_checkpoint
 
     from_ckpt, from_pt = load_checkpoint(out / "checkpoints" / "last.ckpt"), load_checkpoint(out / "model.pt")
     assert from_ckpt.classes == from_pt.classes and from_ckpt.model_name == "custom_resnet"
@@ -260,7 +260,9 @@ def test_lightnings_notices_are_hidden_and_the_run_says_what_it_trains_on(data, 
         logging.getLogger("pytorch_lightning").removeHandler(keep)
     assert lines[0].startswith("LR range test (Lightning Tuner.lr_find) suggests max_lr = ")
     assert lines[1].startswith("custom_resnet: 6,573,120 parameters | cpu x1, ") and "128 train / 64 test" in lines[1]
-    assert lines[2:] == [lines[1], "resuming after epoch 1 of 2"]
+    # The second part says where it resumes and shows the epoch already done, so its output is the whole run.
+    assert lines[2:4] == [lines[1], "resuming after epoch 1 of 2; the epochs already done:"]
+    assert len(lines) == 5 and lines[4].startswith("epoch  1/2 | train loss ")
     for notice in ("GPU available", "TPU available", "Automatic Mixed Precision", "Tip:", "stepping batches",
                    "already configured with model summary", "Restoring states", "weights_only"):
         assert not any(notice in message for message in records), (notice, records)

@@ -4,13 +4,13 @@ import torch
 from figures import png_image
 from test_cli import cli
 
-from cifar_s12.builders import build_loaders, load_data
 from cifar_s12.config import make_config
-from cifar_s12.errors import UserError
-from cifar_s12.compare import range_tests
-from cifar_s12.lr_find import find_lr, steepest_descent_lr
+from cifar_s12.dataset import build_loaders, load_data
+from cifar_s12.device import Runtime
+from cifar_s12.lit import CifarLitModule
+from cifar_s12.lr_find import find_lr, range_tests, steepest_descent_lr
 from cifar_s12.model import CustomResNet
-from cifar_s12.runtime import Runtime
+from cifar_s12.utils import UserError
 
 
 def test_lr_finder_steps_exponentially_suggests_by_the_rule_and_restores_the_model(data):
@@ -54,9 +54,9 @@ def test_torch_finder_prints_no_placeholder_line(data, capsys):
 def test_both_finders_start_from_the_same_weights_and_data(data):
     cfg = make_config("best", subset=128, batch_size=32, num_workers=0)
     limits = dict(data=data, start_lr=1e-4, end_lr=1.0, num_iter=6)
-    first = range_tests(["torch", "lightning"], cfg, **limits)
+    first = range_tests(["torch", "lightning"], cfg, lightning_module=CifarLitModule, **limits)
     # In the other order: each test starts from the same seeded weights and fresh loaders, so each curve repeats.
-    again = range_tests(["lightning", "torch"], cfg, **limits)
+    again = range_tests(["lightning", "torch"], cfg, lightning_module=CifarLitModule, **limits)
     for kind in ("torch", "lightning"):
         assert first[kind].losses == pytest.approx(again[kind].losses) and first[kind].lrs == again[kind].lrs
     lightning = first["lightning"]

@@ -4,12 +4,21 @@ import torch
 from figures import png_image
 from PIL import Image
 
+from cifar_s12.analysis.plots import (
+    cam_overlay,
+    plot_augmented,
+    plot_confusion_matrix,
+    plot_curves,
+    plot_gradcam,
+    plot_lr_finder,
+    plot_misclassified,
+    plot_per_class_accuracy,
+    plot_samples,
+    save_figure,
+    to_display,
+)
 from cifar_s12.dataset import CLASSES
-from cifar_s12.plots import (cam_overlay, plot_augmented, plot_confusion_matrix, plot_curves, plot_gradcam,
-                             plot_lr_finder, plot_misclassified, plot_per_class_accuracy, plot_samples, save_figure,
-                             to_display)
-from cifar_s12.transform import CIFAR10_MEAN, AugmentConfig, train_transform
-from cifar_s12.transform import test_transform as eval_transform
+from cifar_s12.transform import CIFAR10_MEAN, AugmentConfig, test_transform as eval_transform, train_transform
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
@@ -134,7 +143,7 @@ def test_lightning_csv_log_is_read_per_metric_and_plotted(tmp_path):
     log.write_text("epoch,lr-SGD,step,train_acc,train_acc_step,train_loss,train_loss_step,val_acc,val_loss\n"
                    ",0.04,9,,,,,,\n0,,9,,0.25,,2.09,,\n0,,18,,,,,0.31,1.9\n0,,18,0.28,,2.0,,,\n"
                    ",0.02,19,,,,,,\n1,,37,,,,,0.38,1.71\n")
-    from cifar_s12.plots import plot_csv_log, read_csv_log
+    from cifar_s12.analysis.plots import plot_csv_log, read_csv_log
 
     series = read_csv_log(log)
     assert series["val_acc"] == [(18.0, 0.31), (37.0, 0.38)] and series["lr-SGD"] == [(9.0, 0.04), (19.0, 0.02)]
@@ -155,9 +164,9 @@ def test_lightning_csv_log_is_read_per_metric_and_plotted(tmp_path):
 
 
 def test_the_planned_schedule_marks_its_peak_epoch_and_the_range_tests_lr():
-    from cifar_s12.builders import planned_lrs
+    from cifar_s12.analysis.plots import plot_planned_schedule
     from cifar_s12.config import make_config
-    from cifar_s12.plots import plot_planned_schedule
+    from cifar_s12.onecycle import planned_lrs
 
     cfg = make_config("best")  # 24 epochs, the peak after 5 of them
     fig = plot_planned_schedule(planned_lrs(cfg, cfg.max_lr, 10), 10, suggested_lr=0.15)

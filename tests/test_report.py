@@ -3,16 +3,15 @@ import csv
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from figures import png_image
+from PIL import Image
 from test_cli import cli
 
-from cifar_s12.analysis import Predictions, load_image, predict_probabilities
-from cifar_s12.checkpoints import load_checkpoint
+from cifar_s12.analysis.predictions import Predictions, load_image, predict_probabilities
+from cifar_s12.analysis.report import write_mistakes
 from cifar_s12.dataset import CLASSES
-from cifar_s12.errors import UserError
-from cifar_s12.report import write_mistakes
+from cifar_s12.runs.checkpoints import load_checkpoint
+from cifar_s12.utils import UserError
 
 
 def assert_one_line_error(r, *fragments):
@@ -74,7 +73,7 @@ def test_bad_input_is_one_line_and_exit_2(case, checkpoint, tmp_path):
 
 
 def test_report_checks_the_layer_before_the_data_and_honours_no_download(checkpoint, tmp_path):
-    from cifar_s12.report import write_report
+    from cifar_s12.analysis.report import write_report
 
     missing = tmp_path / "no-data"
     with pytest.raises(UserError, match="GradCAM needs a layer that outputs a feature map"):
@@ -88,7 +87,7 @@ def test_report_checks_the_layer_before_the_data_and_honours_no_download(checkpo
                                            ('{"history": []}', "has no epochs yet"),
                                            ('{"history": [{"epoch": 1}]}', "cannot be drawn (KeyError")])
 def test_a_metrics_json_of_another_shape_skips_the_curves_with_a_line(content, says, tmp_path):
-    from cifar_s12.report import write_curves
+    from cifar_s12.analysis.report import write_curves
 
     metrics = tmp_path / "metrics.json"
     metrics.write_text(content)
@@ -100,7 +99,7 @@ def test_report_reads_the_data_from_where_the_run_found_it(checkpoint, tiny_dir,
     import json
     import shutil
 
-    from cifar_s12.report import recorded_data_dir
+    from cifar_s12.analysis.report import recorded_data_dir
 
     monkeypatch.chdir(tmp_path)  # the run's relative --data-dir (or none at all) says nothing from here
     loaded = load_checkpoint(checkpoint)

@@ -2,25 +2,24 @@
 run exactly as if it had never stopped (the data order, the augmentations, dropout, the optimizer, OneCycle)."""
 import json
 import os
-from dataclasses import replace
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from test_cli import cli_process
 
 import cifar_s12.train as train
-from cifar_s12.builders import build_loaders
-from cifar_s12.checkpoints import load_checkpoint
 from cifar_s12.config import make_config
-from cifar_s12.dataset import CifarData, Split
-from cifar_s12.errors import UserError
+from cifar_s12.dataset import CifarData, Split, build_loaders
 from cifar_s12.lit import fit_lightning
-from cifar_s12.run_folder import FINISHED, RunFolder, continue_or_start
+from cifar_s12.runs.checkpoints import load_checkpoint
+from cifar_s12.runs.folder import RunFolder
+from cifar_s12.runs.notebook_cell import FINISHED, continue_or_start
+from cifar_s12.utils import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda *_: None)
@@ -95,33 +94,42 @@ def test_a_notebooks_training_cell_run_again_continues_an_interrupted_run(straig
     # Run again once the run has finished ("Run all" after a reconnect): nothing to train, the run stays.
     written = folder.written()
     assert continue_or_start(tmp_path, trainer, cfg) == FINISHED and folder.written() == written
-    # A new run when the recipe in the cell has changed, or the other trainer's cell is pointed here: the earlier
-    # run's files go first, the user's own stay. A recipe whose max LR a range test finds continues its run with
-    # the LR that test found.
+    # The other trainer's cell, or this cell with another recipe, pointed at the finished run: refused, the run
+    # untouched to the byte, and the message says what differs and how to go on.
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for cfg_now, trainer_now, says in ((replace(cfg, max_lr=0.2), trainer, "max_lr: 0.1 there, 0.2 here"),
+                                       (cfg, other, f"trainer: {trainer} here, {other} in this cell")):
+        with pytest.raises(UserError, match="will not replace") as refused:
+            continue_or_start(tmp_path, trainer_now, cfg_now)
+        assert says in str(refused.value) and "set OUT to a new folder, or delete" in str(refused.value)
+        assert "\n" not in str(refused.value)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # An interrupted run: continued when the recipe is the same (a range test's LR counts as the one it found),
+    # refused when it is not; never deleted.
     checkpoint = folder.train_state if trainer == "torch" else folder.lightning_last
-    for saved_lr, cfg_now, trainer_now, continues in ((None, cfg, trainer, True),
-                                                      (None, replace(cfg, max_lr=0.2), trainer, False),
-                                                      (None, cfg, other, False),
-                                                      (0.087, replace(cfg, max_lr=None), trainer, True)):
-        folder.checkpoints.mkdir(exist_ok=True)
-        checkpoint.write_bytes(b"")  # an interrupted run's files, as far as continue_or_start looks
+    for saved_lr, cfg_now, continues in ((None, cfg, True), (None, replace(cfg, max_lr=0.2), False),
+                                         (0.087, replace(cfg, max_lr=None), True)):
         saved = replace(cfg, max_lr=saved_lr or cfg.max_lr).to_dict()
         folder.metrics.write_text(json.dumps({"trainer": trainer, "config": saved, "epochs_completed": 1}))
-        assert continue_or_start(tmp_path, trainer_now, cfg_now) == (checkpoint if continues else None)
-        assert folder.has_run() == continues
+        if continues:
+            assert continue_or_start(tmp_path, trainer, cfg_now) == checkpoint
+        else:
+            with pytest.raises(UserError, match="max_lr"):
+                continue_or_start(tmp_path, trainer, cfg_now)
+        assert checkpoint.is_file()
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("trainer", ["torch", "lightning"])
 def test_a_run_made_in_parts_records_the_commit_of_each(data, tmp_path, monkeypatch, trainer):
-    import cifar_s12.lit as lit
+    import cifar_s12.runs.lightning_history as lightning_history
     asked = []  # one entry per call of provenance(), which runs git twice
 
     def at(commit: str, clean: bool):
         def fake() -> dict:
             asked.append(commit)
             return {"git_commit": commit, "git_clean": clean, "versions": {"torch": commit[:3]}}
-        for module in (train, lit):
+        for module in (train, lightning_history):
             monkeypatch.setattr(module, "provenance", fake)
 
     at("a" * 40, True)
@@ -150,14 +158,15 @@ def test_the_number_of_loader_workers_does_not_change_the_run(straight):
 def test_a_crash_after_the_checkpoint_resumes_from_the_checkpoint(straight, data, tmp_path, monkeypatch):
     """kill -9 after epoch 2's checkpoints/last.pt but before its metrics.json: the resume starts from last.pt
     (epoch 3), and the result is still the uninterrupted run."""
-    real_write = train.write_json
+    import cifar_s12.runs.metrics as metrics_writer
+    real_write = metrics_writer.write_json
 
     def crash_at_epoch_2(path, metrics):
         if metrics["epochs_completed"] == 2:
             raise SystemExit("killed")  # nothing after this line of save_outputs runs, as with kill -9
         real_write(path, metrics)
 
-    monkeypatch.setattr(train, "write_json", crash_at_epoch_2)
+    monkeypatch.setattr(metrics_writer, "write_json", crash_at_epoch_2)
     with pytest.raises(SystemExit):
         train.fit(recipe(0), tmp_path, data=data, **QUIET)
     monkeypatch.undo()
@@ -259,7 +268,7 @@ def test_ddp_run_stopped_and_resumed_from_the_command_line_equals_the_uninterrup
     assert_same_run(RunFolder(whole), RunFolder(part))
     # Each process validates half of the 32 test images; the logged accuracy is over all of them (synchronised),
     # as an independent pass of the saved model finds.
-    from cifar_s12.analysis import predict_split
+    from cifar_s12.analysis.predictions import predict_split
     from cifar_s12.dataset import load_cifar10, subset
 
     metrics = json.loads(RunFolder(whole).metrics.read_text())
@@ -270,10 +279,10 @@ def test_ddp_run_stopped_and_resumed_from_the_command_line_equals_the_uninterrup
 
 
 def test_the_fast_recipes_parts_make_the_same_run_in_both_trainers_and_resume_exactly(data, tmp_path):
-    """Alternating flips, shifted TTA, BatchNorm parameter groups, and the optional parts (the moving average, kept
-    in the checkpoints, evaluated and saved; identity init): plain 3 epochs straight = Lightning 1 + resume for 2."""
+    """Alternating flips, shifted TTA, BatchNorm parameter groups: plain 3 epochs straight = Lightning 1 + resume
+    for 2."""
     cfg = make_config("fast", epochs=3, subset=64, test_subset=32, batch_size=16, max_lr=0.1, precision="fp32",
-                      num_workers=0, dirac_init=True, ema_decay=0.99, bn_weight_frozen=True,
+                      num_workers=0, bn_weight_frozen=True,
                       bn_bias_lr_scale=8.0)
     plain = train.fit(cfg, tmp_path / "torch", data=data, **QUIET).metrics
     fit_lightning(cfg, tmp_path / "lit", data=data, stop_after=1, **QUIET)

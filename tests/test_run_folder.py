@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from cifar_s12.errors import UserError
-from cifar_s12.run_folder import RunFolder, resume_file
+from cifar_s12.runs.folder import RunFolder, resume_file
+from cifar_s12.utils import UserError
 
 
 def test_a_checkpoint_belongs_to_the_run_folder_it_was_written_in():

@@ -7,13 +7,15 @@ import pytest
 import torch
 from figures import png_image
 
-import cifar_s12.train as train
-from cifar_s12.analysis import predict_split
-from cifar_s12.checkpoints import load_checkpoint
-from cifar_s12.builders import load_data, planned_lrs
-from cifar_s12.dataset import Split
-from cifar_s12.runtime import Runtime
+import cifar_s12.runs.metrics as metrics_writer
+from cifar_s12.analysis.plots import save_run_figures
+from cifar_s12.analysis.predictions import predict_split
 from cifar_s12.config import make_config
+from cifar_s12.dataset import Split, load_data
+from cifar_s12.device import Runtime
+from cifar_s12.onecycle import planned_lrs
+from cifar_s12.runs.checkpoints import load_checkpoint
+from cifar_s12.runs.folder import RunFolder
 from cifar_s12.train import fit
 
 
@@ -58,6 +60,7 @@ def test_find_lr_feeds_onecycle_and_tta_is_reported(data, tmp_path):
     # ... and the optimizer really used it: the history's LR is the one of the epoch's last step, read from the
     # optimizer during training.
     assert m["history"][-1]["lr"] == pytest.approx(planned[-1]) and m["history"][-1]["lr"] < found / 100
+    save_run_figures(RunFolder(tmp_path), m, result.lr_find)  # what the CLI and the notebooks draw after a run
     png_image(tmp_path / "lr_finder.png")
     assert m["final_test_accuracy_tta"] == pytest.approx(flip_tta_accuracy(tmp_path / "model.pt", cfg, data))
 
@@ -73,14 +76,14 @@ def flip_tta_accuracy(model_path, cfg, data) -> float:
 
 
 def test_ctrl_c_between_the_two_writes_waits_until_both_are_written(data, tmp_path, monkeypatch):
-    real_save = train.save_checkpoint
+    real_save = metrics_writer.save_checkpoint
 
     def save_then_ctrl_c(path, *args, epoch, **kwargs):
         real_save(path, *args, epoch=epoch, **kwargs)
         if epoch == 2:  # model.pt of epoch 2 is written, metrics.json not yet
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_ctrl_c)
+    monkeypatch.setattr(metrics_writer, "save_checkpoint", save_then_ctrl_c)
     cfg = make_config("best", epochs=3, subset=256, test_subset=100, batch_size=64, max_lr=0.1, num_workers=0)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, out_dir=tmp_path, data=data, log=lambda *_: None)
@@ -93,9 +96,9 @@ def test_fp16_autocast_with_the_grad_scaler_trains_on_the_cpu_too(trainer, data,
     """fp16 is Colab's T4 path. Switched on here for the CPU (users get a refusal there): one short epoch, finite
     losses, the scaler's scale recorded, and the same OneCycle steps as bf16 (a step the scaler skips for
     overflowing gradients still steps the schedule)."""
-    import cifar_s12.runtime as runtime
-    from cifar_s12.errors import UserError
+    import cifar_s12.device as runtime
     from cifar_s12.lit import fit_lightning
+    from cifar_s12.utils import UserError
 
     cfg = make_config("best", epochs=1, subset=32, test_subset=16, batch_size=16, max_lr=0.1, num_workers=0,
                       precision="fp16")  # small: fp16 on a CPU is computed the slow way

@@ -1,9 +1,14 @@
 import numpy as np
-import pytest
 import torch
 
-from cifar_s12.transform import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, describe, train_transform
-from cifar_s12.transform import test_transform as eval_transform
+from cifar_s12.transform import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    AugmentConfig,
+    describe,
+    test_transform as eval_transform,
+    train_transform,
+)
 
 MEAN_PIXEL = np.round(np.array(CIFAR10_MEAN) * 255).astype(np.uint8)
 

@@ -1,6 +1,7 @@
 import pytest
 
-from cifar_s12.utils import COMMAND_ENV_VAR, atomic_path, cli_command, provenance_of_parts, write_json
+from cifar_s12.runs.provenance import COMMAND_ENV_VAR, cli_command, provenance_of_parts
+from cifar_s12.utils import atomic_path, write_json
 
 
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from cifar_s12 import weights as weights_module
 from cifar_s12.__main__ import main
-from cifar_s12.analysis import predict_split
-from cifar_s12.checkpoints import load_checkpoint
+from cifar_s12.analysis.predictions import predict_split
+from cifar_s12.app import shipped_weights as weights_module
+from cifar_s12.app.mistakes import cache_paths, file_sha256, read_mistakes
+from cifar_s12.app.shipped_weights import example_images, export_weights, read_card
 from cifar_s12.dataset import CLASSES, load_cifar10
-from cifar_s12.mistakes import cache_paths, file_sha256, read_mistakes
-from cifar_s12.weights import example_images, export_weights, read_card
+from cifar_s12.runs.checkpoints import load_checkpoint
 
 
 @pytest.fixture(scope="module")

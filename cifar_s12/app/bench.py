@@ -23,7 +23,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from ..utils import UserError
 
 
 def free_port() -> int:
@@ -132,7 +132,7 @@ def run_clients(url: str, clients: int, requests: int, layer: str | None = None,
     import httpx
     from gradio_client import Client
 
-    from .weights import example_images  # here, not above: the CLI imports this module to build its parser
+    from .shipped_weights import example_images  # here, not above: the CLI imports this module to build its parser
 
     images = example_images()
     if not images:
@@ -184,7 +184,7 @@ def run_app_bench(checkpoint: str | None = None, clients: tuple[int, ...] = (1, 
     """Figures for each client (``via``) and client count, after ``warmup`` untimed requests."""
     import torch
 
-    from .utils import cpu_name, provenance
+    from ..runs.provenance import cpu_name, provenance
 
     def measure(server_url: str) -> list[dict]:
         rows = []

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from cifar_s12 import runtime
-from cifar_s12.errors import UserError
-from cifar_s12.runtime import (AutocastModel, Runtime, autocast_dtype, lightning_precision, predict_logits,
-                               prefers_channels_last)
+from cifar_s12 import device as runtime
+from cifar_s12.device import AutocastModel, Runtime, autocast_dtype, lightning_precision, prefers_channels_last
+from cifar_s12.tta import predict_logits
+from cifar_s12.utils import UserError
 
 
 def test_precision_choice_on_cpu(monkeypatch):

@@ -10,22 +10,17 @@ images/s per epoch in one figure. ``compare --runs`` does the same for two runs 
 from __future__ import annotations
 
 import gc
-import json
 import os
 import resource
-from pathlib import Path
 
-from .builders import build_loaders, build_model_for, load_data
-from .config import TrainConfig, same_recipe
-from .dataset import CifarData
-from .errors import UserError
-from .lit import fit_lightning, range_test
-from .lr_find import LRFindResult
-from .results import is_finished, read_run
-from .run_folder import CompareFolder, RunFolder
-from .train import fit
-from .utils import seed_everything, write_json
-
+from ..analysis.plots import save_run_figures
+from ..config import TrainConfig, same_recipe
+from ..dataset import load_data
+from ..lit import fit_lightning
+from ..train import fit
+from ..utils import UserError, write_json
+from .folder import CompareFolder, RunFolder
+from .table import is_finished, read_run
 
 PARITY_KEYS = ("epoch", "train_loss", "test_loss", "test_acc")
 
@@ -44,8 +39,10 @@ def compare_trainers(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) ->
     metrics, cpu_seconds = {}, {}
     for name, run in runs.items():
         cpu_before = _cpu_seconds()
-        metrics[name] = run().metrics
+        result = run()
         cpu_seconds[name] = _cpu_seconds() - cpu_before
+        metrics[name] = result.metrics
+        save_run_figures(folder.run(name), result.metrics, result.lr_find)
     return write_comparison(folder, metrics, cpu_seconds)
 
 
@@ -73,7 +70,7 @@ def compare_runs(torch_run: str | os.PathLike, lightning_run: str | os.PathLike,
 
 def write_comparison(folder: CompareFolder, metrics: dict[str, dict], cpu_seconds: dict | None = None) -> dict:
     """``compare.json`` from the two runs' metrics (``summarize``) and ``compare.png``: their curves in one figure."""
-    from .plots import plot_trainer_comparison, save_figure
+    from ..analysis.plots import plot_trainer_comparison, save_figure
 
     summary = summarize(metrics, cpu_seconds)
     folder.root.mkdir(parents=True, exist_ok=True)
@@ -117,14 +114,3 @@ def _cpu_seconds() -> float:
     return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
-def range_tests(kinds, cfg: TrainConfig, accelerator: str = "auto", data: CifarData | None = None,
-                **limits) -> dict[str, LRFindResult]:
-    """Each range test of ``kinds`` (keys of lr_find.LR_FINDERS) from the same seeded initial weights and fresh
-    loaders (so the same batches in the same order), for comparing them. ``data``: arrays already loaded (else
-    ``cfg``'s data is loaded)."""
-    data = load_data(cfg, data)
-    results = {}
-    for kind in kinds:
-        seed_everything(cfg.seed)
-        results[kind] = range_test(kind, cfg, build_model_for(cfg), build_loaders(cfg, data), accelerator, **limits)
-    return results

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import Predictions, predict_split
-from .checkpoints import load_checkpoint, save_safetensors
-from .config import TrainConfig
-from .dataset import REPO_DIR, Split, load_cifar10
-from .errors import UserError
+from ..analysis.predictions import Predictions, predict_split
+from ..analysis.report import read_run_metrics
+from ..config import TrainConfig
+from ..dataset import REPO_DIR, Split, load_cifar10
+from ..model import count_parameters
+from ..runs.checkpoints import load_checkpoint, save_safetensors
+from ..runs.folder import MODEL, RunFolder
+from ..runs.provenance import PROVENANCE_KEYS, cli_command, provenance
+from ..utils import UserError, write_json
 from .mistakes import cache_paths, file_sha256, mistakes_of, write_mistakes
-from .model import count_parameters
-from .report import read_run_metrics
-from .run_folder import MODEL, RunFolder
-from .utils import PROVENANCE_KEYS, cli_command, provenance, write_json
 
 SHIPPED_WEIGHTS = REPO_DIR / "weights" / "custom_resnet.safetensors"
 EXAMPLES_DIR = REPO_DIR / "examples"  # one CIFAR-10 test image per class, <class>.png (the app's examples)

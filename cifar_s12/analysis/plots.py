@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .transform import CIFAR10_MEAN, CIFAR10_STD
-from .utils import atomic_path
+from ..transform import CIFAR10_MEAN, CIFAR10_STD
+from ..utils import atomic_path
 
 
 def figure_format(path: str | os.PathLike) -> str:
@@ -275,3 +275,11 @@ def plot_csv_log(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Figu
     fig.suptitle(f"Lightning CSV log: {parts}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def save_run_figures(folder, metrics: dict, lr_find=None) -> None:
+    """A run folder's (runs.folder.RunFolder) ``curves.png``, and ``lr_finder.png`` when a range test (an
+    lr_find.LRFindResult) chose the max LR."""
+    save_figure(plot_curves(metrics["history"], metrics["lr_schedule"]), folder.curves)
+    if lr_find:
+        save_figure(plot_lr_finder(lr_find.lrs, lr_find.losses, lr_find.suggested_lr), folder.lr_finder)

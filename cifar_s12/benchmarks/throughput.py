@@ -11,13 +11,13 @@ from dataclasses import replace
 
 import torch
 
-from .builders import build_criterion, build_loaders, build_model_for, build_optimizer
-from .config import TrainConfig
-from .dataset import CifarData, default_num_workers, load_cifar10
-from .errors import UserError
-from .runtime import Runtime
-from .train import train_step
-from .utils import cpu_name
+from ..config import TrainConfig
+from ..dataset import CifarData, build_loaders, default_num_workers, load_cifar10
+from ..device import Runtime
+from ..onecycle import build_criterion, build_model_for, build_optimizer
+from ..runs.provenance import cpu_name
+from ..train import train_step
+from ..utils import UserError
 
 
 def _sync(device: torch.device) -> None:

@@ -1,6 +1,6 @@
 """A Hugging Face Space folder for the app: ``python -m cifar_s12 space --out DIR``, then push DIR to a Space.
 
-What it holds: app.py (calls ``cifar_s12.app.space_main``), requirements.txt, README.md with the Space's front
+What it holds: app.py (calls ``cifar_s12.app.gradio_app.space_main``), requirements.txt, README.md with the Space's front
 matter, the package itself, the weights with their card and mistakes cache, and the example images. Nothing is
 fetched at run time, so the Space starts as it ran here.
 """
@@ -9,13 +9,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .checkpoints import load_checkpoint
-from .dataset import REPO_DIR
-from .errors import UserError
+from ..dataset import REPO_DIR
+from ..runs.checkpoints import load_checkpoint
+from ..utils import UserError
 from .mistakes import cache_paths, cached_mistakes
-from .weights import EXAMPLES_DIR, SHIPPED_WEIGHTS, card_path, read_card
+from .shipped_weights import EXAMPLES_DIR, SHIPPED_WEIGHTS, card_path, read_card
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the whole cifar_s12 package: the app imports across it
 # What the app imports, and no more (no Lightning, no Jupyter): the CPU wheels of torch, as Spaces' free tier has
 # no GPU. Gradio itself comes from the front matter's sdk_version.
 SPACE_REQUIREMENTS = """--extra-index-url https://download.pytorch.org/whl/cpu
@@ -33,7 +33,7 @@ tqdm>=4.66
 # The Hub takes files over 10 MB through Git LFS only; the weights are 13 MB.
 GITATTRIBUTES = "".join(f"*.{ext} filter=lfs diff=lfs merge=lfs -text\n" for ext in ("safetensors", "npz", "png"))
 APP_PY = '''"""Hugging Face Space entry point, written by `python -m cifar_s12 space`: serves the shipped weights."""
-from cifar_s12.app import space_main
+from cifar_s12.app.gradio_app import space_main
 
 if __name__ == "__main__":
     space_main()

@@ -11,15 +11,24 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .analysis import (Predictions, check_cam_layer, confusion_matrix, default_cam_layer, first_per_class, gradcam,
-                       normalised, per_class_accuracy, predict_split, write_per_class_csv)
-from .checkpoints import LoadedModel, load_checkpoint
-from .config import TrainConfig
-from .dataset import Split, load_cifar10, subset
-from .plots import (plot_augmented, plot_confusion_matrix, plot_curves, plot_gradcam, plot_misclassified,
-                    plot_per_class_accuracy, plot_samples, save_figure)
-from .run_folder import CURVES, RunFolder
-from .transform import train_transform
+from ..config import TrainConfig
+from ..dataset import Split, load_cifar10, subset
+from ..runs.checkpoints import LoadedModel, load_checkpoint
+from ..runs.folder import CURVES, RunFolder
+from ..transform import train_transform
+from .plots import plot_augmented, plot_confusion_matrix, plot_curves, plot_gradcam, plot_misclassified, plot_per_class_accuracy, plot_samples, save_figure
+from .predictions import (
+    Predictions,
+    check_cam_layer,
+    confusion_matrix,
+    default_cam_layer,
+    first_per_class,
+    gradcam,
+    normalised,
+    per_class_accuracy,
+    predict_split,
+    write_per_class_csv,
+)
 
 
 def write_report(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, data_dir: str | None = None,

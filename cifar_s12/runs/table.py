@@ -10,8 +10,8 @@ import os
 import statistics
 from pathlib import Path
 
-from .config import recipe_changes
-from .errors import UserError
+from ..config import recipe_changes
+from ..utils import UserError
 
 KEY_FIELDS = ("trainer", "recipe", "changes", "epochs", "train_images", "device")
 

@@ -9,19 +9,16 @@ Trainers, report, export, compare, the CLI and the notebooks ask ``RunFolder`` f
     DIR/checkpoints/last.ckpt   Lightning's, for the same; best-epoch=N-val_acc=X.ckpt beside it
     DIR/tensorboard/version_N   Lightning's TensorBoard logs, DIR/csv/version_N its CSV logs (N per part of a run)
 
-Imports only errors.py and config.py (which run continue_or_start may continue): the trainers, the CLI, the
-analysis tools and the notebooks use it.
+Imports nothing of the package but utils.py: the trainers, the CLI, the analysis tools and the notebooks use it.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import TrainConfig, same_recipe
-from .errors import UserError
+from ..utils import UserError
 
 METRICS = "metrics.json"
 MODEL = "model.pt"
@@ -118,35 +115,6 @@ def remove(paths: list[Path]) -> list[Path]:
 
 
 TRAINERS = {"torch": "the plain trainer", "lightning": "the Lightning trainer"}
-
-
-FINISHED = "finished"  # continue_or_start: ``out`` already holds this run, finished
-
-
-def continue_or_start(out: str | os.PathLike, trainer: str, cfg: TrainConfig, log=print) -> Path | str | None:
-    """A notebook's training cell, run again (after a disconnect, with ``out`` on Google Drive; or "Run all"):
-
-    - ``out`` holds an interrupted run of ``trainer`` with ``cfg``'s recipe: its checkpoint, to resume;
-    - it holds that run finished: FINISHED, and the cell trains nothing (delete ``out`` to train again);
-    - anything else (nothing, another recipe, the other trainer): None, once ``out``'s earlier run files are
-      removed, so a new run starts in a clean folder (a user's own files stay).
-    """
-    folder = RunFolder(out)
-    checkpoint = folder.train_state if trainer == "torch" else folder.lightning_last
-    try:
-        metrics = json.loads(folder.metrics.read_text())
-    except (OSError, ValueError):
-        metrics = {}
-    if checkpoint.is_file() and metrics.get("trainer") == trainer and same_recipe(metrics.get("config", {}), cfg):
-        done = metrics.get("epochs_completed") or 0
-        if done < cfg.epochs:
-            log(f"continuing the interrupted run in {out} after epoch {done} of {cfg.epochs}")
-            return checkpoint
-        log(f"{out} holds this run, finished ({done} epochs): nothing to train (delete the folder to train again)")
-        return FINISHED
-    if folder.remove_run():
-        log(f"removed an earlier run's files from {out}: a new run starts")
-    return None
 
 
 def resume_file(resume: str | os.PathLike, trainer: str) -> Path:

@@ -22,14 +22,13 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .analysis import (cam_layer_choices, default_cam_layer, gradcam, load_image, normalised,  # noqa: E402
-                       predict_probabilities, top_k)
-from .checkpoints import load_checkpoint  # noqa: E402
-from .errors import UserError  # noqa: E402
+from ..analysis.plots import cam_overlay  # noqa: E402
+from ..analysis.predictions import cam_layer_choices, default_cam_layer, gradcam, load_image, normalised, predict_probabilities, top_k
+from ..model import count_parameters  # noqa: E402
+from ..runs.checkpoints import load_checkpoint  # noqa: E402
+from ..utils import UserError  # noqa: E402
 from .mistakes import MAX_MISTAKES, cached_mistakes  # noqa: E402
-from .model import count_parameters  # noqa: E402
-from .plots import cam_overlay  # noqa: E402
-from .weights import checkpoint_or_shipped, example_images, read_card  # noqa: E402
+from .shipped_weights import checkpoint_or_shipped, example_images, read_card  # noqa: E402
 
 SCALE = 6            # the 32x32 images are shown 6x, pixel for pixel (nearest): 192x192
 MAX_TOP_K = 10

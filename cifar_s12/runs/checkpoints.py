@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
-from .model import NUM_CLASSES, build_model
-from .runtime import Runtime, autocast_dtype, pick_device
-from .utils import atomic_path
+from ..device import Runtime, autocast_dtype, pick_device
+from ..model import NUM_CLASSES, build_model
+from ..utils import UserError, atomic_path
 
 CHECKPOINT_FORMAT = "cifar_s12.checkpoint/1"
 WEIGHTS_FORMAT = "cifar_s12.weights/1"  # the safetensors metadata's "format"
@@ -180,10 +179,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
             hp = payload["hyper_parameters"]
             name, kwargs, config, classes = (hp["model_name"], hp.get("model_kwargs", {}), hp.get("config", {}),
                                              hp.get("classes"))
-            # The weights the run evaluated: the moving average's (ema.module.*) when the recipe kept one.
-            weights = payload.get("state_dict", {})
-            prefix = "ema.module." if any(k.startswith("ema.module.") for k in weights) else "model."
-            state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            state = {k[len("model."):]: v for k, v in payload.get("state_dict", {}).items() if k.startswith("model.")}
         else:
             raise UserError(f"{path} is a torch file but not a cifar_s12 checkpoint (no model name and classes in it)")
         data_source = payload.get("data_source")

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_s12.builders import build_loaders, build_optimizer, build_scheduler, load_data, planned_lrs
 from cifar_s12.config import RECIPES, make_config
-from cifar_s12.errors import UserError
+from cifar_s12.dataset import build_loaders, load_data
 from cifar_s12.model import CustomResNet
+from cifar_s12.onecycle import build_optimizer, build_scheduler, planned_lrs
+from cifar_s12.utils import UserError
 
 
 def test_onecycle_peaks_at_epoch_5_of_24_and_is_linear():

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from .checkpoints import LoadedModel
-from .dataset import CifarDataset, Split, make_loader
-from .errors import UserError
-from .runtime import Runtime, predict_logits
-from .transform import test_transform
-from .utils import atomic_path
+from ..dataset import CifarDataset, Split, make_loader
+from ..device import Runtime
+from ..runs.checkpoints import LoadedModel
+from ..transform import test_transform
+from ..tta import predict_logits
+from ..utils import UserError, atomic_path
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import Predictions, predict_split
-from .checkpoints import LoadedModel
-from .dataset import DEFAULT_DATA_DIR, load_cifar10
-from .errors import UserError
-from .utils import atomic_path
+from ..analysis.predictions import Predictions, predict_split
+from ..dataset import DEFAULT_DATA_DIR, load_cifar10
+from ..runs.checkpoints import LoadedModel
+from ..utils import UserError, atomic_path
 
 MAX_MISTAKES = 50  # the gallery's largest choice
 FULL_TEST_SET = 10_000

@@ -1,0 +1,1 @@
+"""Throughput benchmarks: where the time of a training step goes (data path, step, ceilings)."""
