@@ -81,6 +81,20 @@ def test_classify_returns_what_the_model_sees_top_k_and_the_overlay(app, images)
     assert no_overlay is None
 
 
+def test_how_many_gradcam_images_one_per_top_class_the_predicted_first(app, images):
+    photo = str(images["photo"])
+    one = app.classify(photo, 3, True, None, 0.5, 1)[2]
+    seen, label, three = app.classify(photo, 3, True, None, 0.5, 3)
+    assert three.shape == (SIDE, 3 * SIDE, 3)  # three panels side by side, each a class of the list
+    np.testing.assert_array_equal(three[:, :SIDE], one)  # the first is the predicted class's
+    # each panel is GradCAM of its class: the second and third differ from the first
+    assert all(np.abs(three[:, i * SIDE:(i + 1) * SIDE].astype(int) - one.astype(int)).mean() > 0.1 for i in (1, 2))
+    assert app.classify(photo, 3, True, None, 0.5, 99)[2].shape == (SIDE, MAX_TOP_K * SIDE, 3)  # clamped
+    assert app.classify(photo, 3, False, None, 0.5, 3)[2] is None  # no GradCAM asked for: none shown
+    with pytest.raises(gr.Error, match="cams must be a finite number"):
+        app.classify(photo, 3, True, None, 0.5, float("nan"))
+
+
 def test_k_out_of_range_is_clamped(app, images):
     assert len(app.classify(str(images["photo"]), 0, False, None, 0.5)[1]) == 1
     assert len(app.classify(str(images["photo"]), 11, False, None, 0.5)[1]) == MAX_TOP_K
@@ -197,6 +211,9 @@ def test_the_server_classifies_with_k_classes_and_the_overlay(server, images):
     assert Image.open(seen).size == Image.open(overlay).size == (SIDE, SIDE)
     shallow = client.predict(handle_file(str(images["photo"])), 3, True, "layer1.0", 0.5, api_name="/classify")[2]
     assert not np.array_equal(np.asarray(Image.open(shallow)), np.asarray(Image.open(overlay)))
+    # how many GradCAM images: the API's last input, one panel per top class
+    two = client.predict(handle_file(str(images["photo"])), 3, True, None, 0.5, 2, api_name="/classify")[2]
+    assert Image.open(two).size == (2 * SIDE, SIDE)
     gallery = client.predict(12, True, None, 0.5, api_name="/misclassified")
     assert len(gallery) == 12 and all(" -> " in tile["caption"] for tile in gallery)
 

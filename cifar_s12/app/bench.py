@@ -96,7 +96,7 @@ def classify_over_http(http, url: str, image: Path, layer: str | None = None) ->
     api = f"{url.rstrip('/')}/gradio_api"
     upload = http.post(f"{api}/upload", files={"files": (image.name, image.read_bytes(), "image/png")})
     upload.raise_for_status()
-    payload = {"data": [{"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}, 3, True, layer, 0.5]}
+    payload = {"data": [{"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}, 3, True, layer, 0.5, 1]}
     call = http.post(f"{api}/call/classify", json=payload)
     call.raise_for_status()
     event, outputs = None, None
@@ -120,7 +120,7 @@ def classify_with_gradio_client(client, image: Path, layer: str | None = None) -
     """The same request through gradio_client, as a Python script would make it (its own overhead included)."""
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(image)), 3, True, layer, 0.5, api_name="/classify")
+    return client.predict(handle_file(str(image)), 3, True, layer, 0.5, 1, api_name="/classify")
 
 
 CLIENTS = ("http", "gradio_client")

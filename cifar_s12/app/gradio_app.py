@@ -103,9 +103,10 @@ class S12App:
         return cam_overlay(images, cams, min(max(_number(opacity, float, "opacity"), 0.0), 1.0))
 
     # ------------------------------------------------------------------------------------------------------------
-    def classify(self, image, k=3, show_cam=True, layer=None, opacity=0.5):
+    def classify(self, image, k=3, show_cam=True, layer=None, opacity=0.5, cams=1):
         """An upload (Gradio's file payload, or a path) -> (the 32x32 the model sees, {class: p} of the top k,
-        GradCAM for the predicted class or None). Prepared exactly as ``predict`` prepares a file."""
+        GradCAM of the top ``cams`` classes side by side, the predicted class first, or None). Prepared exactly as
+        ``predict`` prepares a file."""
         if image is None:
             return None, None, None
         path, shown = (image.get("path"), image.get("orig_name")) if isinstance(image, dict) else (image, None)
@@ -114,6 +115,7 @@ class S12App:
         shown = shown or Path(path).name
         layer_name = self.layer_name(layer or self.default_layer)
         k = min(max(int(_number(k, float, "k")), 1), MAX_TOP_K)  # out of range: clamped, not refused
+        cams = min(max(int(_number(cams, float, "cams")), 1), MAX_TOP_K)
         try:
             pixels, note = load_image(path)
         except UserError as err:  # the message names the server's temporary copy; the user knows the upload's name
@@ -124,7 +126,9 @@ class S12App:
             probs = predict_probabilities(self.loaded, [pixels])[0]
             overlay = None
             if show_cam:
-                overlay = enlarge(self._overlays(pixels[None], [int(probs.argmax())], layer_name, opacity)[0])
+                classes = probs.argsort(descending=True)[:cams].tolist()  # the predicted class first
+                overlays = self._overlays(np.repeat(pixels[None], cams, axis=0), classes, layer_name, opacity)
+                overlay = np.concatenate([enlarge(o) for o in overlays], axis=1)
         return enlarge(pixels), dict(top_k(probs[None], self.loaded.classes, k)[0]), overlay
 
     def misclassified(self, n=10, show_cam=False, layer=None, opacity=0.5):
@@ -196,19 +200,21 @@ def build_app(app: S12App, keep_files: int = KEEP_FILES_SECONDS) -> gr.Blocks:
                                 label="Or click a CIFAR-10 test image (one per class)", examples_per_page=10)
                     k = gr.Slider(1, MAX_TOP_K, value=3, step=1, label="How many top classes to show")
                     show_cam = gr.Checkbox(value=True, label="Show GradCAM (where the evidence for the class is)")
+                    cams = gr.Slider(1, MAX_TOP_K, value=1, step=1,
+                                     label="How many GradCAM images (one per top class, the predicted one first)")
                     layer = gr.Dropdown(layers, value=app.default_layer, label="GradCAM layer")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="GradCAM opacity (0: image only)")
                 with gr.Column():
                     seen = gr.Image(label="What the model sees (32x32, shown 6x)", interactive=False, format="png",
                                     height=200)
                     top = gr.Label(label="Top classes")
-                    overlay = gr.Image(label="GradCAM of the predicted class", interactive=False, format="png",
-                                       height=200)
+                    overlay = gr.Image(label="GradCAM of the top classes, in the order of the list above",
+                                       interactive=False, format="png", height=200)
             # preprocess=False: the listener reads the upload itself with load_image (what `predict` does), so a
             # file PIL cannot open is a clear message in the page, not Gradio's generic one.
-            gr.on([image.change, k.release, show_cam.change, layer.change, opacity.release], classify,
-                  inputs=[image, k, show_cam, layer, opacity], outputs=[seen, top, overlay], api_name="classify",
-                  preprocess=False)
+            gr.on([image.change, k.release, show_cam.change, layer.change, opacity.release, cams.release], classify,
+                  inputs=[image, k, show_cam, layer, opacity, cams], outputs=[seen, top, overlay],
+                  api_name="classify", preprocess=False)
         with gr.Tab("Misclassified"):
             if app.mistakes is None:
                 gr.Markdown(f"**No gallery:** {app.mistakes_note}.")
@@ -227,9 +233,10 @@ def build_app(app: S12App, keep_files: int = KEEP_FILES_SECONDS) -> gr.Blocks:
     return demo
 
 
-def serve(checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 7860, data_dir: str | None = None,
+def serve(checkpoint: str | None = None, host: str = "127.0.0.1", port: int | None = 7860, data_dir: str | None = None,
           keep_files: int = KEEP_FILES_SECONDS, block: bool = True) -> gr.Blocks:
-    """Start the app on ``host:port`` (offline: no share link, nothing fetched from the internet)."""
+    """Start the app on ``host:port`` (``port`` None: the first free one from 7860), offline: no share link. In
+    Jupyter it also shows inline, in an inline frame; on Colab through Colab's own proxy of the kernel's port."""
     demo = build_app(S12App(checkpoint, data_dir), keep_files)
     try:
         demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_UPLOAD,
