@@ -297,10 +297,12 @@ class BatchLoader:
     one (as make_loader), and each image augmented by ``augment`` with ``draw_params(aug, seed, epoch, index)``;
     call ``sampler.set_epoch(e)`` (0-based) before each epoch. Without one (evaluation): the images in order,
     normalised, under DDP the DistributedSampler(shuffle=False) share. Drop-in for the DataLoaders the trainers use
-    (``len``, iteration, ``sampler.set_epoch``, ``batch_size``, ``num_workers == 0``, ``dataset``).
+    (``len``, iteration, ``sampler.set_epoch``, ``batch_size``, ``num_workers == 0``, ``dataset``,
+    ``batch_sampler`` None), Lightning's fits included.
     """
 
     num_workers = 0
+    batch_sampler = None  # batches are cut here, as no BatchSampler: Lightning looks for one beside ``sampler``
 
     def __init__(self, images, labels, batch_size: int, aug: AugmentConfig | None = None, seed: int | None = None,
                  rank: int = 0, world_size: int = 1, device=None):

@@ -12,6 +12,10 @@ from .transform import AugmentConfig
 from .utils import UserError
 
 
+# Where the training augmentations run (TrainConfig.data_path; dataset.build_loaders).
+DATA_PATHS = ("albumentations", "batched")
+
+
 @dataclass
 class TrainConfig:
     recipe: str = "best"
@@ -34,6 +38,8 @@ class TrainConfig:
     div_factor: float = 25.0
     final_div_factor: float = 1e4
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # pad-crop, flip, 8x8 cutout on every image
+    # "batched": the augmentations on whole batches on the training device, so a GPU is not starved (docs/data-path.md)
+    data_path: str = "albumentations"
     tta: bool = False              # also report test accuracy with horizontal-flip test-time augmentation
     # Parts of the fast recipe; each default leaves best and course as they were.
     tta_shift: int = 0             # with tta: the views moved this many pixels weigh in too (runtime.predict_logits)
@@ -46,6 +52,10 @@ class TrainConfig:
     num_workers: int | None = None
     data_dir: str | None = None
     download: bool = True          # let torchvision download CIFAR-10 into data_dir when it is missing
+
+    def __post_init__(self) -> None:
+        if self.data_path not in DATA_PATHS:
+            raise UserError(f"unknown data_path {self.data_path!r}; choose from {', '.join(DATA_PATHS)}")
 
     def model_kwargs(self) -> dict:
         kwargs = {"logit_scale": self.logit_scale}

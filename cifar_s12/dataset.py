@@ -1,4 +1,5 @@
-"""CIFAR-10 as uint8 arrays, the Dataset that applies a transform, and the DataLoaders.
+"""CIFAR-10 as uint8 arrays, the Dataset that applies a transform, and the loaders (DataLoaders, or
+batch_transform.BatchLoaders with the recipe's ``data_path="batched"``).
 
 Where the pixels come from, chosen from ``data_dir`` (argument, else ``$CIFAR_S12_DATA``, else the repo's ``data/``):
   1. torchvision's ``CIFAR10`` files under data_dir (downloaded there when missing: the default on Colab/laptops);
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .batch_transform import BatchLoader
 from .config import TrainConfig
 from .transform import test_transform, train_transform
 from .utils import UserError, atomic_path
@@ -314,9 +316,22 @@ def load_data(cfg: TrainConfig, data: CifarData | None = None) -> CifarData:
     return subset(data, cfg.subset, cfg.test_subset, seed=0)
 
 
-def build_loaders(cfg: TrainConfig, data: CifarData, rank: int = 0, world_size: int = 1):
+def build_loaders(cfg: TrainConfig, data: CifarData, rank: int = 0, world_size: int = 1, device=None):
     """Training loader (each epoch's order and each image's augmentations drawn from ``cfg.seed``, the epoch and
-    the image: see dataset.EpochSampler) and test loader; under DDP, process ``rank``'s share of each."""
+    the image: see dataset.EpochSampler) and test loader; under DDP, process ``rank``'s share of each.
+
+    ``cfg.data_path``: "albumentations", DataLoaders whose workers run the pipeline image by image on the CPU;
+    "batched", batch_transform.BatchLoaders that keep both splits on ``device`` (the training device) and augment
+    whole batches there, with the same order and shares, each image's draws from (seed, epoch, index) alone.
+    """
+    if cfg.data_path == "batched":
+        try:
+            return (BatchLoader.from_split(data.train, cfg.batch_size, aug=cfg.augment, seed=cfg.seed, rank=rank,
+                                           world_size=world_size, device=device),
+                    BatchLoader.from_split(data.test, cfg.batch_size, rank=rank, world_size=world_size,
+                                           device=device))
+        except ValueError as err:  # e.g. augment.gray_p, which the batched path does not have
+            raise UserError(f"data_path=batched: {err}") from None
     late = cfg.augment.cutout_epochs  # after that many epochs, the same pipeline without cutout
     train_ds = CifarDataset(data.train, train_transform(cfg.augment), seed=cfg.seed,
                             alternate_flips=cfg.augment.flip == "alternating",

@@ -142,12 +142,14 @@ class CifarLitModule(pl.LightningModule):
 # ----------------------------------------------------------------------------------------------------------------
 # The LightningDataModule
 class CifarDataModule(pl.LightningDataModule):
-    """CIFAR-10 from dataset.py with builders.py's subsets and loaders; validation and test use the test split (as the
-    course does). ``data`` hands in arrays already loaded (notebooks, the trainer comparison)."""
+    """CIFAR-10 from dataset.py with its subsets and loaders; validation and test use the test split (as the
+    course does). ``data`` hands in arrays already loaded (notebooks, the trainer comparison). ``device``: where the
+    batched data path (``cfg.data_path``) keeps the splits when no Trainer is attached yet (an LR range test before
+    fit); with one, its root device, as the Trainer runs the model there."""
 
-    def __init__(self, cfg: TrainConfig, data: CifarData | None = None, first_epoch: int = 0):
+    def __init__(self, cfg: TrainConfig, data: CifarData | None = None, first_epoch: int = 0, device=None):
         super().__init__()
-        self.cfg, self.given, self.first_epoch = cfg, data, first_epoch
+        self.cfg, self.given, self.first_epoch, self.device = cfg, data, first_epoch, device
         self.data: CifarData | None = None
         self.loaders = None
 
@@ -161,10 +163,12 @@ class CifarDataModule(pl.LightningDataModule):
             self.data = load_data(self.cfg, self.given)
             # Under DDP each process loads its own share (the Trainer is told not to swap in a sampler of its own).
             rank, processes = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-            self.loaders = build_loaders(self.cfg, self.data, rank, processes)
+            device = self.trainer.strategy.root_device if self.trainer else self.device  # this process's device
+            self.loaders = build_loaders(self.cfg, self.data, rank, processes, device=device)
             # Lightning starts the first epoch's loader iterator before it calls set_epoch (FitLoop.setup_data),
             # and with worker processes that iterator takes its order at once: a resumed run's first epoch must
-            # already carry its number, or it would replay epoch 1's order.
+            # already carry its number, or it would replay epoch 1's order. (Lightning then calls set_epoch on any
+            # loader's ``sampler`` each epoch, DataLoader or batch_transform.BatchLoader alike.)
             self.loaders[0].sampler.set_epoch(self.first_epoch)
             if len(self.loaders[0]) < processes:  # under DDP each process takes its share of the batches
                 raise UserError(f"too few training batches: {len(self.data.train)} images with batch size "
@@ -282,7 +286,8 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
         trainer = build_trainer(cfg, folder.root, history, devices, accelerator, strategy,
                                 max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
     datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data,
-                                 first_epoch=saved["epochs_done"] if resume is not None else 0)
+                                 first_epoch=saved["epochs_done"] if resume is not None else 0,
+                                 device=trainer.strategy.root_device)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # few workers per process is deliberate
     module, lr_result = _module_with_max_lr(cfg, datamodule, trainer, lr_finder, accelerator, log, fast_dev_run)
     with ctrl_c_raises(trainer), lightning_notices_hidden(*RUN_NOTICES):

@@ -104,7 +104,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, data: CifarData | N
     seed_everything(cfg.seed)
     runtime = runtime or Runtime.create(cfg.precision)
     data = load_data(cfg, data)
-    train_loader, test_loader = build_loaders(cfg, data)
+    train_loader, test_loader = build_loaders(cfg, data, device=runtime.device)  # batched: kept there
     if len(train_loader) == 0:
         raise UserError(f"no training batches: {len(data.train)} images with batch size {cfg.batch_size}")
     model = runtime.prepare(build_model_for(cfg))

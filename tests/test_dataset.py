@@ -159,3 +159,27 @@ def test_the_data_source_is_recorded_as_given(tiny_dir, monkeypatch):
     monkeypatch.setenv(ENV_VAR, str(tiny_dir))
     assert load_cifar10(download=False).source == f"image-folder:${ENV_VAR}"
     assert load_cifar10(str(tiny_dir), download=False).source == f"image-folder:{tiny_dir}"  # the argument as given
+
+
+def test_the_recipe_chooses_the_data_path_and_a_bad_one_is_one_line(data):
+    from cifar_s12.batch_transform import BatchLoader
+    from cifar_s12.config import RECIPES, apply_settings, make_config
+
+    assert {name: cfg.data_path for name, cfg in RECIPES.items()} == dict.fromkeys(RECIPES, "albumentations")
+    cfg = apply_settings(make_config("fast", subset=100, test_subset=30, batch_size=16), ["data_path=batched"])
+    small = ds.load_data(cfg, data)
+    train, test = ds.build_loaders(cfg, small, device=torch.device("cpu"))
+    assert isinstance(train, BatchLoader) and isinstance(test, BatchLoader)
+    # the recipe's augmentations, seed and batch size; the test split whole, in order, normalised
+    assert (train.aug, train.seed, train.batch_size, len(train), train.device.type) == (cfg.augment, 1, 16, 6, "cpu")
+    x, y = next(iter(test))
+    assert torch.equal(y, torch.from_numpy(small.test.labels[:16]))
+    want = torch.stack([eval_transform()(image=image)["image"] for image in small.test.images[:16]])
+    torch.testing.assert_close(x, want, atol=1e-5, rtol=0)
+    assert isinstance(ds.build_loaders(make_config("fast", num_workers=0), small)[0], torch.utils.data.DataLoader)
+    for bad in (lambda: apply_settings(cfg, ["data_path=gpu"]), lambda: make_config("best", data_path="dali")):
+        with pytest.raises(UserError, match="unknown data_path .*; choose from albumentations, batched") as err:
+            bad()
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="data_path=batched: .*ToGray"):  # what the batched path does not do
+        ds.build_loaders(apply_settings(cfg, ["augment.gray_p=0.2"]), small)

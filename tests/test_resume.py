@@ -296,3 +296,70 @@ def test_the_fast_recipes_parts_make_the_same_run_in_both_trainers_and_resume_ex
 
     expected = flip_tta_accuracy(tmp_path / "torch" / "model.pt", cfg, data)
     assert plain["final_test_accuracy_flip_tta"] == pytest.approx(expected, abs=1 / 32 + 1e-9)
+
+
+def test_the_batched_data_path_makes_the_same_run_in_both_trainers_and_resumes_exactly(data, tmp_path, monkeypatch):
+    """data_path="batched" (batch_transform.BatchLoader on the training device) with the fast recipe's parts and
+    dropout: plain 3 epochs straight = Lightning 1 + resume for 2. Each epoch's augmentations are drawn for the
+    epoch the plain loop sets (set_epoch(epoch - 1)), in Lightning too, whose resumed first epoch is epoch 2."""
+    from cifar_s12.batch_transform import BatchLoader
+
+    drawn, iterate = [], BatchLoader.__iter__
+
+    def recording_iter(self):  # a generator, as BatchLoader.__iter__: the epoch read at the first batch
+        if self.train:
+            drawn.append(self.sampler.epoch)
+        yield from iterate(self)
+
+    monkeypatch.setattr(BatchLoader, "__iter__", recording_iter)
+    cfg = make_config("fast", epochs=3, subset=64, test_subset=32, batch_size=16, max_lr=0.1, precision="fp32",
+                      dropout=0.1, data_path="batched")
+    plain = train.fit(cfg, tmp_path / "torch", data=data, **QUIET).metrics
+    assert drawn == [0, 1, 2] and plain["loader_workers"] == 0
+    fit_lightning(cfg, tmp_path / "lit", data=data, stop_after=1, **QUIET)
+    assert drawn[3:] == [0]
+    lit = fit_lightning(cfg, tmp_path / "lit", data=data, resume=tmp_path / "lit", **QUIET).metrics
+    assert drawn[4:] == [1, 2]
+    assert_same_run(RunFolder(tmp_path / "torch"), RunFolder(tmp_path / "lit"))
+    assert lit["config"]["data_path"] == "batched" and lit["final_test_accuracy_tta"] == plain["final_test_accuracy_tta"]
+    # The albumentations path draws other augmentations (of the same distributions): another run.
+    other = train.fit(replace(cfg, data_path="albumentations", num_workers=0), tmp_path / "albu", data=data,
+                      stop_after=1, **QUIET).metrics
+    assert other["history"][0]["train_loss"] != plain["history"][0]["train_loss"]
+
+
+def test_batched_ddp_shares_are_disjoint_and_each_process_draws_its_own_augmentations():
+    """build_loaders' batched loaders for ranks 0 and 1 of 2, as the Lightning DataModule builds them under DDP."""
+    data = identical_images()
+    cfg = make_config("best", batch_size=16, data_path="batched")
+    seen = {}
+    for rank in (0, 1):
+        train_loader, test_loader = build_loaders(cfg, data, rank, 2)
+        for epoch in (0, 1):
+            train_loader.sampler.set_epoch(epoch)
+            x, y = zip(*train_loader)
+            seen[rank, epoch] = torch.cat(x), train_loader.sampler.indices().tolist()
+        assert len(train_loader) == 4  # 64 images each, in batches of 16
+        assert torch.cat([y for _, y in test_loader]).tolist() == data.test.labels[rank::2].tolist()
+    for epoch in (0, 1):
+        (x0, share0), (x1, share1) = seen[0, epoch], seen[1, epoch]
+        assert sorted(share0 + share1) == list(range(128))  # each image once, in one process
+        assert not any(torch.equal(a, b) for a, b in zip(x0, x1))  # one image everywhere: only the draws differ
+    assert seen[0, 0][1] != seen[0, 1][1]
+
+
+def test_the_lightning_datamodule_builds_the_batched_loaders_on_the_trainers_device_with_its_share(data):
+    from types import SimpleNamespace
+
+    from cifar_s12.batch_transform import BatchLoader
+    from cifar_s12.lit import CifarDataModule
+
+    cfg = make_config("best", subset=64, test_subset=32, batch_size=16, data_path="batched")
+    module = CifarDataModule(cfg, data, first_epoch=2)
+    module.trainer = SimpleNamespace(global_rank=1, world_size=2,
+                                     strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    module.setup("fit")
+    train_loader, test_loader = module.train_dataloader(), module.val_dataloader()
+    assert isinstance(train_loader, BatchLoader) and isinstance(test_loader, BatchLoader)
+    assert train_loader.device == torch.device("cpu") and train_loader.sampler.epoch == 2  # a resumed run's epoch 3
+    assert (train_loader.sampler.rank, train_loader.sampler.world_size, len(train_loader)) == (1, 2, 2)
