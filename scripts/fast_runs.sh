@@ -5,7 +5,7 @@
 # Each run trains into runs/fast-NAME (or $FAST_RUNS_DIR/fast-NAME). A finished run is skipped and an interrupted one
 # continued with --resume (exactly: docs/cli.md#stopping-and-resuming), so the script can be stopped and started again
 # as often as needed: a run takes 66.8-70.0 minutes on a quiet 2-core CPU with bf16 instructions (seed2, seed3 and
-# lightning-seed1; seed1 shared its CPU and took 120.0) and about 5.5 hours in fp32 on one without.
+# lightning-seed1; seed1 shared its CPU and took 120.0); on a CPU without them, in fp32, no full run has been timed.
 # Run it in a clean checkout: every metrics.json records the commit and whether the tree was clean.
 # Ctrl-C stops the run in progress (its finished epochs kept) and the script with it. Committing a result is a
 # step of its own: copy runs/fast-NAME/metrics.json to results/fast/TRAINER-fast-NAME.json (NAME without

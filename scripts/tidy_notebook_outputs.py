@@ -4,7 +4,7 @@
 separate output: a 24-epoch run leaves thousands of them, and GitHub shows each one. This merges a cell's stdout
 and stderr chunks and keeps only what a terminal would still show, the way nbclient's ``coalesce_streams`` does
 (that option cannot be set from nbconvert's command line). Outputs other than streams are untouched, and so are
-cells marked ``# NBVAL_CHECK_OUTPUT``: nbval compares those with a fresh run character for character.
+cells tagged ``nbval-check-output``: nbval compares those with a fresh run character for character.
 
     python scripts/tidy_notebook_outputs.py notebooks/01_pytorch_onecycle.ipynb [...]
 """
@@ -58,7 +58,7 @@ def main(paths: list[str]) -> None:
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
-            if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" not in cell.source:
+            if cell.cell_type == "code" and "nbval-check-output" not in cell.metadata.get("tags", []):
                 tidy_cell(cell)
         nbformat.write(nb, path)
 

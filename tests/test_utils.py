@@ -27,6 +27,8 @@ def test_run_command_comes_from_the_cli_argv_or_the_notebook_variable(monkeypatc
     monkeypatch.setattr("sys.argv", ["/x/cifar_s12/__main__.py", "train", "--seed", "2", "--out", "runs/a b"])
     monkeypatch.setenv(COMMAND_ENV_VAR, "jupyter nbconvert --execute nb.ipynb")
     assert cli_command() == "python -m cifar_s12 train --seed 2 --out 'runs/a b'"  # the CLI names itself
+    monkeypatch.setattr("sys.argv", ["/venv/bin/cifar-s12", "train", "--recipe", "fast"])
+    assert cli_command() == "cifar-s12 train --recipe fast"  # the installed console command
     monkeypatch.setattr("sys.argv", ["/x/ipykernel_launcher.py", "-f", "/tmp/kernel.json"])
     assert cli_command() == "jupyter nbconvert --execute nb.ipynb"
     monkeypatch.delenv(COMMAND_ENV_VAR)

@@ -13,12 +13,15 @@ COMMAND_ENV_VAR = "CIFAR_S12_COMMAND"
 def cli_command() -> str | None:
     """The command that started this run, recorded in metrics.json for the results table.
 
-    ``python -m cifar_s12 ...`` is read from argv. A notebook kernel's argv says nothing useful, so a notebook
-    executed headless (``jupyter nbconvert --execute``) names its command in ``CIFAR_S12_COMMAND``; else None.
+    ``python -m cifar_s12 ...`` and ``cifar-s12 ...`` are read from argv. A notebook kernel's argv says nothing
+    useful, so a notebook executed headless (``jupyter nbconvert --execute``) names its command in
+    ``CIFAR_S12_COMMAND``; else None.
     """
     argv0 = Path(sys.argv[0])
     if argv0.name == "__main__.py" and argv0.parent.name == "cifar_s12":
         return shlex.join(["python", "-m", "cifar_s12", *sys.argv[1:]])
+    if argv0.name == "cifar-s12":  # the installed console command
+        return shlex.join(["cifar-s12", *sys.argv[1:]])
     return os.environ.get(COMMAND_ENV_VAR) or None
 
 
