@@ -77,7 +77,7 @@ class TrainConfig:
 RECIPES: dict[str, TrainConfig] = {
     # D. Page's "How to train your ResNet" recipe for this architecture: SGD + Nesterov, batch 512, wd 5e-4,
     # linear one-cycle peaking at 0.4 in epoch 5, pad-crop + flip + 8x8 cutout, logits x 0.125; plus label
-    # smoothing 0.2 from his later posts: the minimal recipe reaches 94.0% in 24 epochs, but only just.
+    # smoothing 0.2 from his later posts, since the minimal recipe reaches 94% only just (docs/measurements.md).
     "best": TrainConfig(),
     # The course's assignment settings: Adam, max LR from the LR range test, cutout half of the time.
     "course": TrainConfig(recipe="course", optimizer="adam", max_lr=None, weight_decay=1e-4, logit_scale=1.0,
@@ -85,8 +85,8 @@ RECIPES: dict[str, TrainConfig] = {
                           augment=AugmentConfig(cutout_p=0.5)),
     # best in 12 epochs, the network unchanged, with what pays in a short run: batch 256 with the peak LR halved
     # (twice the steps), BatchNorm scales frozen at 1 and biases at 64x the LR (Page), alternating flips, cutout in
-    # the first 9 epochs only, flip + 1-pixel-shift test-time augmentation. 94.06% mean over 3 seeds with its TTA
-    # (docs/measurements.md#the-fast-recipe); what each part adds: the ablation table there.
+    # the first 9 epochs only, flip + 1-pixel-shift test-time augmentation. Its results and what each part adds:
+    # docs/measurements.md#the-fast-recipe.
     "fast": TrainConfig(recipe="fast", epochs=12, batch_size=256, max_lr=0.2, tta=True, tta_shift=1,
                         bn_weight_frozen=True, bn_bias_lr_scale=64.0,
                         augment=AugmentConfig(flip="alternating", cutout_epochs=9)),

@@ -4,8 +4,7 @@ batch_transform.BatchLoaders with the recipe's ``data_path="batched"``).
 Where the pixels come from, chosen from ``data_dir`` (argument, else ``$CIFAR_S12_DATA``, else the repo's ``data/``):
   1. torchvision's ``CIFAR10`` files under data_dir (downloaded there when missing: the default on Colab/laptops);
   2. an image-folder tree ``data_dir/{train,test}/<class>/*.png``, read with torchvision's ``ImageFolder``,
-     decoded once and cached as arrays in ``data/cache/`` (decoding 60,000 PNGs takes ~20 s; a changed file
-     re-decodes).
+     decoded once and cached as arrays in ``data/cache/`` (a changed file re-decodes).
 Either way the whole data set lives in memory as uint8 HWC arrays (150 MB): airbench-style, no per-epoch file I/O.
 """
 from __future__ import annotations
@@ -211,8 +210,8 @@ class CifarDataset(Dataset):
     augmentations are seeded from (seed, epoch, index) just before they are drawn. Nothing is carried from one
     image to the next, so the augmented tensors do not depend on which process (DDP rank) or loader worker draws
     them, on how many workers there are, or on what came before: epoch 5 after a resume is the uninterrupted
-    run's epoch 5. (A per-worker stream seeded once, as before, would replay epoch 1 after a resume and give each
-    DDP process the same draws.) Without a seed, indices are plain ints (evaluation: no randomness).
+    run's epoch 5. (A per-worker stream seeded once would replay epoch 1 after a resume and give each DDP process
+    the same draws.) Without a seed, indices are plain ints (evaluation: no randomness).
     """
 
     def __init__(self, split: Split, transform, seed: int | None = None, alternate_flips: bool = False,

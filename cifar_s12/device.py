@@ -33,8 +33,8 @@ def pick_device(name: str | None = None) -> torch.device:
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
 
-    auto: bf16 where the hardware computes it natively: CPUs with AVX512-bf16 or AMX (2.4-2.5x fp32's training
-    speed on the development machines' AMD EPYC, by `python -m cifar_s12 bench`), CUDA GPUs from Ampere on. fp16 on
+    auto: bf16 where the hardware computes it natively: CPUs with AVX512-bf16 or AMX (how much faster than fp32:
+    docs/measurements.md), CUDA GPUs from Ampere on. fp16 on
     older GPUs (e.g. Colab's T4, where bf16 would only be emulated), fp32 on CPUs without bf16 instructions
     (emulated bf16 is slower than fp32) and on MPS.
     """
@@ -70,10 +70,9 @@ def accelerator_device(accelerator: str = "auto") -> torch.device:
 
 def prefers_channels_last(device_type: str, mixed_precision: bool) -> bool:
     """Whether the model and its inputs go channels_last (NHWC), the layout oneDNN (CPU) and cuDNN (GPU) run their
-    fastest convolutions in: always with mixed precision, and on CPUs in fp32 too (1.16x the channels-first
-    training step at batch 512 and 1.22x at 256 on a 2-core AVX2 EPYC without bf16 instructions, where fp32 is
-    the fast path: `python -m cifar_s12 bench`, docs/measurements.md). Not for fp32 on GPUs, whose fp32 kernels
-    (before TF32) gain nothing from it."""
+    fastest convolutions in: always with mixed precision, and on CPUs in fp32 too (faster there as well, by
+    `cifar-s12 bench`: docs/measurements.md). Not for fp32 on GPUs, whose fp32 kernels (before TF32) gain nothing
+    from it."""
     return mixed_precision or device_type == "cpu"
 
 
