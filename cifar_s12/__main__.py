@@ -282,10 +282,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.json:
         _check_out_file(args.json, "--json")
-    cfg = make_config("best", model=args.model, data_dir=args.data_dir, num_workers=args.num_workers,
+    cfg = make_config(args.recipe, model=args.model, data_dir=args.data_dir, num_workers=args.num_workers,
                       download=args.download)
     result = run_bench(cfg, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                       loader_batches=args.loader_batches)
+                       loader_batches=args.loader_batches, epoch_images=args.epoch_images)
     print(f"device: {result['device_name']} ({result['device']}), {result['torch_threads']} torch threads, "
           f"batch {result['batch_size']}")
     print(f"train step, fast path ({result['fast_path']}): {result['train_images_per_second']:8.1f} images/s "
@@ -298,6 +298,24 @@ def cmd_bench(args: argparse.Namespace) -> None:
           f"{result['ceiling_vs_baseline']:.2f}x the baseline (it runs at {result['train_gflops_of_matmul']:.0%} of it)")
     print(f"loader with training augmentations ({result['loader_workers']} workers): "
           f"{result['loader_images_per_second']:8.1f} images/s  -> {result['loader_vs_model']:.1f}x the model")
+    print(f"batched loader on {result['device']} (data_path=batched): {result['loaders']['batched']:8.1f} images/s  "
+          f"-> {result['loaders_vs_model']['batched']:.1f}x the model, {result['batched_vs_albumentations']:.1f}x "
+          f"the albumentations loader (best of {result['loader_rounds']} rounds each, alternating)")
+    for path, rate in result["loaders"].items():
+        print(f"  {path}: feeds a training step of up to {rate:,.0f} images/s ({result['loader_feeds_tflops'][path]:.1f} "
+              f"TFLOP/s of training arithmetic; a GPU step faster than that waits on it); here the step runs "
+              f"{result['train_images_per_second']:,.0f} images/s: the {result['bottleneck'][path]} is the bottleneck "
+              f"on this device")
+    if "epoch" in result:
+        print(f"training epoch, {result['epoch_images']:,} images after the first batch, each path in a process of "
+              f"its own (memory: {result['epoch_memory']}):")
+        for path, e in result["epoch"].items():
+            device = (f", device peak {e['device_peak_mb']:,.0f} MiB (from {e['device_before_mb']:,.0f})"
+                      if e["device_peak_mb"] is not None else "")
+            print(f"  {path:<14} {e['images_per_second']:8.1f} images/s ({e['workers']} workers), host peak "
+                  f"{e['host_peak_mb']:,.0f} MiB ({e['host_memory']}; +{e['host_added_mb']:,.0f} over "
+                  f"{e['host_before_mb']:,.0f} before the loader){device}")
+        print(f"  -> the batched epoch runs {result['epoch_batched_vs_albumentations']:.2f}x the albumentations one")
     if args.json:
         write_json(args.json, result)
 
@@ -420,14 +438,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the comparison already in --out")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("bench", help="measure training-step (fast path vs fp32 baseline) and loader throughput, "
-                                     "and matrix products in the fast dtype vs fp32")
+    p = sub.add_parser("bench", help="measure training-step (fast path vs fp32 baseline) and both data paths' loader "
+                                     "throughput, and matrix products in the fast dtype vs fp32")
     p.add_argument("--model", choices=sorted(MODELS), default="custom_resnet", help="network (default: custom_resnet)")
     p.add_argument("--batch-size", type=_positive_int, default=512, help="images per step (default: 512)")
     p.add_argument("--steps", type=_positive_int, default=4, help="timed training steps per variant (default: 4)")
     p.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed steps first (default: 2)")
     p.add_argument("--loader-batches", type=_positive_int, default=20,
-                   help="batches the loader is timed on (default: 20)")
+                   help="batches each loader is timed on (default: 20)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="best",
+                   help="whose augmentations the loaders draw (default: best)")
+    p.add_argument("--epoch-images", type=_positive_int, metavar="N",
+                   help="also train a partial epoch of N images with each data path (albumentations, batched), each "
+                        "in a process of its own: images/s and peak memory")
     _add_data_flags(p, ", for the loader (default: $CIFAR_S12_DATA, else data/)")
     p.add_argument("--workers", type=_non_negative_int, dest="num_workers",
                    help="loader workers (default: CPU count, max 8)")

@@ -1,3 +1,7 @@
+import os
+import time
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -17,7 +21,8 @@ TINY_BENCH = dict(batch_size=8, steps=1, warmup=1, loader_batches=2, matmul_size
 def measured(monkeypatch):
     """run_bench with each measurement replaced by a known figure, to check what it makes of them: the training
     step runs 300 images/s on the bf16 fast path and 100 in fp32, the loader 600, the step costs 2 GFLOP per
-    image, and the matrix products' rounds give these rates (best: fp32 100, bf16 250). Records each call."""
+    image, and the matrix products' rounds give these rates (best: fp32 100, bf16 250); the batched loader gives 6000.
+    Records each call."""
     calls = {"train": [], "loader": [], "matmul": []}
     rates = {torch.float32: iter([90.0, 100.0, 95.0]), torch.bfloat16: iter([200.0, 250.0, 240.0])}
 
@@ -25,9 +30,9 @@ def measured(monkeypatch):
         calls["train"].append((runtime.dtype, runtime.memory_format, batch_size, steps, warmup))
         return {torch.bfloat16: 300.0, None: 100.0}[runtime.dtype]
 
-    def loader(cfg, data, batch_size, batches, num_workers):
-        calls["loader"].append((batch_size, batches, num_workers))
-        return 600.0
+    def loader(cfg, data, batch_size, batches, num_workers, device=None):
+        calls["loader"].append((cfg.data_path, batch_size, batches, num_workers, device.type))
+        return {"albumentations": 600.0, "batched": 6000.0}[cfg.data_path]
 
     def matmul(device, dtype, size, repeats):
         calls["matmul"].append((device.type, dtype, size, repeats))
@@ -49,9 +54,17 @@ def test_bench_combines_the_fast_and_fp32_measurements_into_its_figures(data, me
     assert calls["train"] == [(torch.bfloat16, torch.channels_last, 8, 1, 1), (None, torch.contiguous_format, 8, 1, 1)]
     assert r["fast_path"] == "autocast cpu, bfloat16 + channels_last" and r["device"] == "cpu"
     assert (r["train_images_per_second"], r["baseline_fp32_images_per_second"], r["fast_vs_baseline"]) == (300, 100, 3)
-    # 40 images are 5 batches of 8: the first is start-up, so at most 4 of the 20 asked for are timed
-    assert calls["loader"] == [(8, 4, 1)] and (r["loader_batches"], r["loader_workers"]) == (4, 1)
+    # 40 images are 5 batches of 8: the first is start-up, so at most 4 of the 20 asked for are timed; the two
+    # paths alternate, 3 rounds, the batched one on the training device
+    assert calls["loader"] == [("albumentations", 8, 4, 1, "cpu"), ("batched", 8, 4, 1, "cpu")] * 3
+    assert (r["loader_batches"], r["loader_workers"], r["loader_rounds"]) == (4, 1, 3)
     assert (r["loader_images_per_second"], r["loader_vs_model"]) == (600, 2)
+    assert r["loaders"] == {"albumentations": 600, "batched": 6000} and r["batched_vs_albumentations"] == 10
+    assert r["loaders_vs_model"] == {"albumentations": 2, "batched": 20}
+    # each loader feeds a step of its images/s: at 2 GFLOP per image, 1.2 and 12 TFLOP/s of training arithmetic;
+    # both outrun this step (300 images/s): the model is the bottleneck here
+    assert r["loader_feeds_tflops"] == pytest.approx({"albumentations": 1.2, "batched": 12})
+    assert r["bottleneck"] == {"albumentations": "model", "batched": "model"} and "epoch" not in r
     assert (r["train_gflop_per_image"], r["train_gflops"], r["baseline_fp32_gflops"]) == (2, 600, 200)
     # the dtypes alternate round by round, and each keeps its best round
     assert calls["matmul"] == [("cpu", torch.float32, 64, 1), ("cpu", torch.bfloat16, 64, 1)] * 3
@@ -94,7 +107,7 @@ def test_the_timers_leave_out_the_warm_up_steps_and_the_loaders_start_up(data, m
             now[0] += seconds
             yield torch.zeros(size, 3, 32, 32), torch.zeros(size, dtype=torch.long)
 
-    monkeypatch.setattr(bench, "build_loaders", lambda cfg, data: (batches(), None))
+    monkeypatch.setattr(bench, "build_loaders", lambda cfg, data, device=None: (batches(), None))
     assert bench.loader_throughput(cfg, data, 8, batches=3, num_workers=0) == pytest.approx(21 / 3)  # 8 + 8 + 5
 
 
@@ -153,3 +166,59 @@ def test_the_bench_command_prints_the_figures_it_writes(tiny_dir, tmp_path, caps
         assert fragment in printed, (fragment, printed)
     assert r["matmul_size"] == (2048 if r["device"] == "cpu" else 4096)
     assert r["batch_size"] == 8 and r["loader_workers"] == 0
+    assert set(r["loaders"]) == {"albumentations", "batched"} and "epoch" not in r  # no epochs unless asked
+    for path, rate in r["loaders"].items():
+        assert f"{path}: feeds a training step of up to {rate:,.0f} images/s" in printed
+        assert f"the {r['bottleneck'][path]} is the bottleneck on this device" in printed
+    assert f"{r['batched_vs_albumentations']:.1f}x the albumentations loader" in printed
+
+
+def test_the_loader_bottleneck_is_the_slower_of_loader_and_step():
+    assert bench.bottleneck(1000.0, 30.0) == "model" and bench.bottleneck(2000.0, 20000.0) == "loader"
+
+
+def test_the_epoch_comparison_runs_each_path_in_its_own_process_and_compares_them(data, measured, monkeypatch):
+    asked = []
+
+    def epoch(cfg, data, images, batch_size, num_workers, device=None):
+        asked.append((cfg.data_path, images, batch_size, num_workers, device))
+        rate = {"albumentations": 30.0, "batched": 45.0}[cfg.data_path]
+        return {"images": images, "images_per_second": rate, "host_peak_mb": 900.0}
+
+    monkeypatch.setattr(bench, "epoch_in_fresh_process", epoch)
+    r = run_bench(make_config("fast", num_workers=2), data=subset(data, train=40), device="cpu", epoch_images=16,
+                  **TINY_BENCH)
+    assert asked == [("albumentations", 16, 8, 2, "cpu"), ("batched", 16, 8, 2, "cpu")]
+    assert r["epoch_images"] == 16 and set(r["epoch"]) == {"albumentations", "batched"}
+    assert r["epoch_batched_vs_albumentations"] == 1.5 and "PSS" in r["epoch_memory"]
+
+
+def test_a_training_epoch_counts_the_images_after_the_first_batch_and_measures_memory(data):
+    small = subset(data, train=64, test=16)
+    for path, workers in (("albumentations", 1), ("batched", 0)):
+        e = bench.training_epoch(make_config("fast", data_path=path), small, images=16, batch_size=8,
+                                 num_workers=workers, device="cpu")
+        assert e["images"] == 16 and e["images_per_second"] == pytest.approx(16 / e["seconds"])
+        assert e["workers"] == workers and e["device_peak_mb"] is None  # no GPU memory on a CPU
+        assert 0 < e["host_before_mb"] <= e["host_peak_mb"] and e["host_added_mb"] >= 0
+        assert e["host_memory"] == ("pss" if os.path.exists("/proc/self/smaps_rollup") else "ru_maxrss")
+
+
+def test_peak_memory_sees_an_allocation_made_and_freed_inside_the_block():
+    with bench.PeakMemory(interval=0.01) as memory:
+        block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+        time.sleep(0.1)
+        del block
+    if memory.method == "pss":
+        assert memory.peak - memory.before > 48
+
+
+def test_an_epoch_in_a_fresh_process_answers_or_says_why_not(data):
+    small = subset(data, train=32, test=8)
+    e = bench.epoch_in_fresh_process(make_config("best", data_path="batched"), small, 8, 8, 0, "cpu")  # spawned
+    assert e["images"] == 8 and e["workers"] == 0
+    # A failure there comes back as its error (the child's end of the pipe, run here: no second process to start)
+    sent = []
+    bench._epoch_child(SimpleNamespace(send=sent.append, close=lambda: None),
+                       make_config("best", data_path="batched"), subset(data, train=8), 8, 8, 0, "cpu")
+    assert sent[0][0] == "error" and sent[0][1].startswith("UserError: the epoch benchmark needs 2 or more batches")

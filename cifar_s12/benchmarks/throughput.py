@@ -1,17 +1,23 @@
-"""Throughput benchmark: the training step on the fast path vs an fp32 eager baseline, the data loader, and the
-hardware's matrix-product rate in the fast dtype and in fp32.
+"""Throughput benchmark: the training step on the fast path vs an fp32 eager baseline, both data paths' loaders
+(albumentations in DataLoader workers, batched on the training device), the hardware's matrix-product rate in the
+fast dtype and in fp32, and, on request, a partial training epoch with each data path (images/s and peak memory).
 
 All are measured in one run on the current device, so their ratios are comparable even on a busy machine.
 Timings are never asserted in tests; ``python -m cifar_s12 bench`` prints them.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+import sys
+import threading
 import time
+import traceback
 from dataclasses import replace
 
 import torch
 
-from ..config import TrainConfig
+from ..config import DATA_PATHS, TrainConfig
 from ..dataset import CifarData, build_loaders, default_num_workers, load_cifar10
 from ..device import Runtime
 from ..onecycle import build_criterion, build_model_for, build_optimizer
@@ -20,8 +26,10 @@ from ..train import train_step
 from ..utils import UserError
 
 
-def _sync(device: torch.device) -> None:
+def _sync(device: torch.device | None) -> None:
     """Wait for the device's queued work, so that a timer measures it (GPUs run asynchronously)."""
+    if device is None:
+        return
     if device.type == "cuda":
         torch.cuda.synchronize()
     elif device.type == "mps":
@@ -84,20 +92,163 @@ def training_flops_per_image(cfg: TrainConfig) -> float:
     return counter.get_total_flops() / 2
 
 
-def loader_throughput(cfg: TrainConfig, data: CifarData, batch_size: int, batches: int, num_workers: int) -> float:
-    """Images/s the training DataLoader delivers with the training augmentations, all workers busy."""
-    loader = build_loaders(replace(cfg, batch_size=batch_size, num_workers=num_workers), data)[0]
+def loader_throughput(cfg: TrainConfig, data: CifarData, batch_size: int, batches: int, num_workers: int,
+                      device: torch.device | None = None) -> float:
+    """Images/s the training loader of ``cfg.data_path`` delivers with the training augmentations: the DataLoader
+    with all its workers busy, or the BatchLoader on ``device``. The first batch is left out: worker start-up (once
+    per run: the workers persist), or the batched path's draws for the whole epoch (once per epoch, made at once)."""
+    loader = build_loaders(replace(cfg, batch_size=batch_size, num_workers=num_workers), data, device=device)[0]
     iterator = iter(loader)
-    next(iterator)  # start-up (worker spawn) is paid once per run, not per epoch: leave it out
+    next(iterator)
+    _sync(device)
     start, seen = time.perf_counter(), 0
     for _ in range(batches):
         seen += len(next(iterator)[1])
+    _sync(device)  # the batched path's batches are queued on a GPU: count them once made
     return seen / (time.perf_counter() - start)
+
+
+def best_loader_throughput(cfg: TrainConfig, data: CifarData, batch_size: int, batches: int, num_workers: int,
+                           device: torch.device | None = None, rounds: int = 3) -> dict[str, float]:
+    """Each data path's loader_throughput, its best of ``rounds``; the paths alternate round by round, so that a
+    burst of other work on a shared machine does not land on one of them only."""
+    rates = {path: [] for path in DATA_PATHS}
+    for _ in range(rounds):
+        for path in DATA_PATHS:
+            rates[path].append(loader_throughput(replace(cfg, data_path=path), data, batch_size, batches, num_workers,
+                                                 device))
+    return {path: max(found) for path, found in rates.items()}
+
+
+class PeakMemory:
+    """Host memory of this process and its child processes (a DataLoader's workers) while the block runs: their
+    summed PSS (proportional set size: each page shared by k processes counts 1/k in each, so the forked workers'
+    shared copy of the data set is not counted three times), read from /proc every ``interval`` seconds and on entry
+    and exit. ``before`` and ``peak`` in MiB. Without /proc (not Linux): this process's peak RSS (ru_maxrss, a
+    high-water mark of the whole process life, so ``before`` may already hold the peak), said in ``method``."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.before, self.peak = interval, 0.0, 0.0
+        self.method = "pss" if os.path.exists("/proc/self/smaps_rollup") else "ru_maxrss"
+        self._stop, self._thread = threading.Event(), None
+
+    def now(self) -> float:
+        if self.method == "ru_maxrss":  # KiB on Linux, bytes on macOS
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 2**20
+        total = 0
+        for pid in [os.getpid(), *(p.pid for p in multiprocessing.active_children())]:
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+            except (OSError, StopIteration):  # a worker that has just exited
+                pass
+        return total / 1024
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> PeakMemory:
+        self.before = self.peak = self.now()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak = max(self.peak, self.now())
+        self._stop.set()
+        self._thread.join()
+
+
+EPOCH_MEMORY = ("host: the summed PSS of the process and its loader workers (/proc, sampled every 50 ms), before "
+                "the loader is built (data set and model in memory) and at its peak during the epoch; device: "
+                "torch.cuda.max_memory_allocated from the same point (model, optimizer, the batched path's splits, "
+                "activations)")
+
+
+def training_epoch(cfg: TrainConfig, data: CifarData, images: int, batch_size: int, num_workers: int,
+                   device: str | None = None) -> dict:
+    """A partial training epoch in this process with ``cfg.data_path``'s loader: train_step on the fast path over
+    the first ``images`` images after the first batch (left out of the timing: worker start-up, the epoch's draws,
+    kernel choice), the loader and the model sharing the machine as in a run. Images/s and memory (EPOCH_MEMORY)."""
+    runtime = Runtime.create("auto", device)
+    model = runtime.prepare(build_model_for(cfg)).train()
+    optimizer, criterion = build_optimizer(model, cfg, lr=0.01), build_criterion(cfg)
+    cuda = runtime.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    device_before = torch.cuda.memory_allocated() if cuda else None
+    with PeakMemory() as memory:
+        loader = build_loaders(replace(cfg, batch_size=batch_size, num_workers=num_workers), data,
+                               device=runtime.device)[0]
+        loader.sampler.set_epoch(0)
+        start, seen = None, 0
+        for x, y in loader:
+            x, y = runtime.inputs(x), y.to(runtime.device, non_blocking=True)
+            train_step(model, x, y, optimizer, criterion, runtime)
+            if start is None:
+                _sync(runtime.device)
+                start = time.perf_counter()
+                continue
+            seen += len(y)
+            if seen >= images:
+                break
+        _sync(runtime.device)
+        seconds = time.perf_counter() - start if start is not None else 0.0
+        del loader  # its workers exit inside the block: their memory was counted while they ran
+    if not seen:
+        raise UserError(f"the epoch benchmark needs 2 or more batches: {len(data.train):,} training images at batch "
+                        f"size {batch_size}; lower --batch-size")
+    return {"images": seen, "seconds": seconds, "images_per_second": seen / seconds,
+            "workers": num_workers if cfg.data_path == "albumentations" else 0,
+            "host_memory": memory.method, "host_before_mb": memory.before, "host_peak_mb": memory.peak,
+            "host_added_mb": memory.peak - memory.before,
+            "device_before_mb": device_before / 2**20 if cuda else None,
+            "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
+
+
+def _epoch_child(connection, *args) -> None:
+    try:
+        connection.send(("ok", training_epoch(*args)))
+    except BaseException as err:  # noqa: BLE001 - sent back whole, raised there
+        connection.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+    finally:
+        connection.close()
+
+
+def epoch_in_fresh_process(cfg: TrainConfig, data: CifarData, images: int, batch_size: int, num_workers: int,
+                           device: str | None = None) -> dict:
+    """training_epoch in a process of its own (spawned), so that each data path's memory is its own: nothing
+    allocated, cached or freed by the other path, or by the rest of the bench, counts."""
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe(duplex=False)
+    child = context.Process(target=_epoch_child, args=(theirs, cfg, data, images, batch_size, num_workers, device))
+    child.start()
+    theirs.close()
+    try:
+        status, result = ours.recv()
+    except EOFError:  # it died before it could answer (killed, out of memory)
+        status, result = "error", "it ended without an answer"
+    child.join()
+    if status != "ok":
+        raise RuntimeError(f"the {cfg.data_path} epoch failed in its process: {result}")
+    return result
+
+
+def bottleneck(loader_images_per_second: float, train_images_per_second: float) -> str:
+    """Which of the two limits a training epoch on this device: the slower."""
+    return "loader" if loader_images_per_second < train_images_per_second else "model"
 
 
 def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int = 4, warmup: int = 2,
               loader_batches: int = 20, data: CifarData | None = None, device: str | None = None,
-              matmul_size: int | None = None, matmul_repeats: int | None = None) -> dict:
+              matmul_size: int | None = None, matmul_repeats: int | None = None,
+              epoch_images: int | None = None, loader_rounds: int = 3) -> dict:
+    """Every figure of the bench command, measured in this run. ``epoch_images``: also a partial training epoch of
+    that many images with each data path, each in a fresh process (training_epoch)."""
     cfg = cfg or TrainConfig()
     fast = Runtime.create("auto", device)
     baseline = Runtime(fast.device, None, channels_last=False)  # fp32, channels-first: what plain PyTorch does
@@ -119,8 +270,11 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
         "train_images_per_second": train_step_throughput(cfg, fast, batch_size, steps, warmup),
         "baseline_fp32_images_per_second": train_step_throughput(cfg, baseline, batch_size, steps, warmup),
         "loader_workers": workers, "loader_batches": loader_batches,
-        "loader_images_per_second": loader_throughput(cfg, data, batch_size, loader_batches, workers),
+        # images/s of each data path's training loader: DataLoader workers on the CPU, or batched on the device
+        "loader_rounds": loader_rounds,
+        "loaders": best_loader_throughput(cfg, data, batch_size, loader_batches, workers, fast.device, loader_rounds),
     }
+    result["loader_images_per_second"] = result["loaders"]["albumentations"]  # the figure earlier benches wrote
     flops = training_flops_per_image(cfg)
     result["train_gflop_per_image"] = flops / 1e9
     result["train_gflops"] = result["train_images_per_second"] * flops / 1e9
@@ -139,5 +293,19 @@ def run_bench(cfg: TrainConfig | None = None, batch_size: int = 512, steps: int 
                   fp32_convolutions_in_tf32=fast.device.type == "cuda" and torch.backends.cudnn.allow_tf32)
     result["fast_vs_baseline"] = result["train_images_per_second"] / result["baseline_fp32_images_per_second"]
     result["loader_vs_model"] = result["loader_images_per_second"] / result["train_images_per_second"]
+    train = result["train_images_per_second"]
+    result["loaders_vs_model"] = {path: rate / train for path, rate in result["loaders"].items()}
+    result["batched_vs_albumentations"] = result["loaders"]["batched"] / result["loaders"]["albumentations"]
+    # What each loader could feed: a training step of its images/s, i.e. that much training arithmetic per second
+    # (a GPU's step at this rate or faster waits on the loader); and which of the two limits this device.
+    result["loader_feeds_tflops"] = {path: rate * flops / 1e12 for path, rate in result["loaders"].items()}
+    result["bottleneck"] = {path: bottleneck(rate, train) for path, rate in result["loaders"].items()}
+    if epoch_images:
+        result["epoch_images"] = epoch_images
+        result["epoch_memory"] = EPOCH_MEMORY
+        result["epoch"] = {path: epoch_in_fresh_process(replace(cfg, data_path=path), data, epoch_images, batch_size,
+                                                        workers, device) for path in DATA_PATHS}
+        result["epoch_batched_vs_albumentations"] = (result["epoch"]["batched"]["images_per_second"]
+                                                     / result["epoch"]["albumentations"]["images_per_second"])
     return result
 
