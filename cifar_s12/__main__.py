@@ -302,8 +302,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
           f"-> {result['loaders_vs_model']['batched']:.1f}x the model, {result['batched_vs_albumentations']:.1f}x "
           f"the albumentations loader (best of {result['loader_rounds']} rounds each, alternating)")
     for path, rate in result["loaders"].items():
-        print(f"  {path}: feeds a training step of up to {rate:,.0f} images/s ({result['loader_feeds_tflops'][path]:.1f} "
-              f"TFLOP/s of training arithmetic; a GPU step faster than that waits on it); here the step runs "
+        tflops = result["loader_feeds_tflops"][path]
+        print(f"  {path}: feeds a training step of up to {rate:,.0f} images/s ({tflops:.1f} TFLOP/s of training "
+              f"arithmetic; a GPU step faster than that waits on it); here the step runs "
               f"{result['train_images_per_second']:,.0f} images/s: the {result['bottleneck'][path]} is the bottleneck "
               f"on this device")
     if "epoch" in result:

@@ -1,6 +1,5 @@
 import os
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -213,12 +212,31 @@ def test_peak_memory_sees_an_allocation_made_and_freed_inside_the_block():
         assert memory.peak - memory.before > 48
 
 
-def test_an_epoch_in_a_fresh_process_answers_or_says_why_not(data):
+def test_an_epoch_in_a_fresh_process_answers_or_says_why_not(data, tmp_path):
+    import json
+    import pickle
+
     small = subset(data, train=32, test=8)
-    e = bench.epoch_in_fresh_process(make_config("best", data_path="batched"), small, 8, 8, 0, "cpu")  # spawned
+    e = bench.epoch_in_fresh_process(make_config("best", data_path="batched"), small, 8, 8, 0, "cpu")  # a process
     assert e["images"] == 8 and e["workers"] == 0
-    # A failure there comes back as its error (the child's end of the pipe, run here: no second process to start)
-    sent = []
-    bench._epoch_child(SimpleNamespace(send=sent.append, close=lambda: None),
-                       make_config("best", data_path="batched"), subset(data, train=8), 8, 8, 0, "cpu")
-    assert sent[0][0] == "error" and sent[0][1].startswith("UserError: the epoch benchmark needs 2 or more batches")
+    # A failure there comes back as its error (the other process's side, run here: no second process to start)
+    job, answer = tmp_path / "job.pickle", tmp_path / "answer.json"
+    job.write_bytes(pickle.dumps((make_config("best", data_path="batched"), subset(data, train=8), 8, 8, 0, "cpu")))
+    bench._epoch_job(str(job), str(answer))
+    assert json.loads(answer.read_text())["error"].startswith("UserError: the epoch benchmark needs 2 or more batches")
+
+
+def test_the_gpu_check_script_parses():
+    """scripts/gpu_check.sh (a real run takes minutes even on its CPU fallback): its shell, its Python and the
+    snippet that measures each training run compile."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False).returncode == 0
+    text = script.read_text()
+    driver = text.split("<<'EOF'\n", 1)[1].rsplit("\nEOF", 1)[0]
+    compile(driver, "gpu_check.sh (python)", "exec")
+    measure = driver.split('MEASURE = """', 1)[1].split('"""', 1)[0]
+    compile(measure, "gpu_check.sh (MEASURE)", "exec")
+    assert '"fallback": not gpu' in driver and "results/bench/gpu-check.json" in text

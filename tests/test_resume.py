@@ -321,7 +321,8 @@ def test_the_batched_data_path_makes_the_same_run_in_both_trainers_and_resumes_e
     lit = fit_lightning(cfg, tmp_path / "lit", data=data, resume=tmp_path / "lit", **QUIET).metrics
     assert drawn[4:] == [1, 2]
     assert_same_run(RunFolder(tmp_path / "torch"), RunFolder(tmp_path / "lit"))
-    assert lit["config"]["data_path"] == "batched" and lit["final_test_accuracy_tta"] == plain["final_test_accuracy_tta"]
+    assert lit["config"]["data_path"] == "batched"
+    assert lit["final_test_accuracy_tta"] == plain["final_test_accuracy_tta"]
     # The albumentations path draws other augmentations (of the same distributions): another run.
     other = train.fit(replace(cfg, data_path="albumentations", num_workers=0), tmp_path / "albu", data=data,
                       stop_after=1, **QUIET).metrics
@@ -337,8 +338,8 @@ def test_batched_ddp_shares_are_disjoint_and_each_process_draws_its_own_augmenta
         train_loader, test_loader = build_loaders(cfg, data, rank, 2)
         for epoch in (0, 1):
             train_loader.sampler.set_epoch(epoch)
-            x, y = zip(*train_loader)
-            seen[rank, epoch] = torch.cat(x), train_loader.sampler.indices().tolist()
+            images = [x for x, _ in train_loader]
+            seen[rank, epoch] = torch.cat(images), train_loader.sampler.indices().tolist()
         assert len(train_loader) == 4  # 64 images each, in batches of 16
         assert torch.cat([y for _, y in test_loader]).tolist() == data.test.labels[rank::2].tolist()
     for epoch in (0, 1):

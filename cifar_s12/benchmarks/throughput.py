@@ -7,13 +7,18 @@ Timings are never asserted in tests; ``python -m cifar_s12 bench`` prints them.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import pickle
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -23,7 +28,7 @@ from ..device import Runtime
 from ..onecycle import build_criterion, build_model_for, build_optimizer
 from ..runs.provenance import cpu_name
 from ..train import train_step
-from ..utils import UserError
+from ..utils import UserError, write_json
 
 
 def _sync(device: torch.device | None) -> None:
@@ -136,7 +141,8 @@ class PeakMemory:
         if self.method == "ru_maxrss":  # KiB on Linux, bytes on macOS
             import resource
 
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 2**20
+            unit = 1 if sys.platform == "darwin" else 1024
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
         total = 0
         for pid in [os.getpid(), *(p.pid for p in multiprocessing.active_children())]:
             try:
@@ -210,32 +216,37 @@ def training_epoch(cfg: TrainConfig, data: CifarData, images: int, batch_size: i
             "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
 
-def _epoch_child(connection, *args) -> None:
+def _epoch_job(job: str, answer: str) -> None:
+    """The fresh process's side of epoch_in_fresh_process: training_epoch's arguments from ``job`` (a pickle),
+    its figures or its error to ``answer`` (JSON)."""
+    with open(job, "rb") as f:
+        args = pickle.load(f)
     try:
-        connection.send(("ok", training_epoch(*args)))
-    except BaseException as err:  # noqa: BLE001 - sent back whole, raised there
-        connection.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
-    finally:
-        connection.close()
+        reply = {"ok": training_epoch(*args)}
+    except Exception as err:  # noqa: BLE001 - told to the bench, which raises it there
+        reply = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    write_json(answer, reply)
 
 
 def epoch_in_fresh_process(cfg: TrainConfig, data: CifarData, images: int, batch_size: int, num_workers: int,
                            device: str | None = None) -> dict:
-    """training_epoch in a process of its own (spawned), so that each data path's memory is its own: nothing
-    allocated, cached or freed by the other path, or by the rest of the bench, counts."""
-    context = multiprocessing.get_context("spawn")
-    ours, theirs = context.Pipe(duplex=False)
-    child = context.Process(target=_epoch_child, args=(theirs, cfg, data, images, batch_size, num_workers, device))
-    child.start()
-    theirs.close()
-    try:
-        status, result = ours.recv()
-    except EOFError:  # it died before it could answer (killed, out of memory)
-        status, result = "error", "it ended without an answer"
-    child.join()
-    if status != "ok":
-        raise RuntimeError(f"the {cfg.data_path} epoch failed in its process: {result}")
-    return result
+    """training_epoch in a Python process of its own, so that each data path's memory is its own: nothing
+    allocated, cached or freed by the other path, or by the rest of the bench, counts. (A plain subprocess, not
+    multiprocessing: nothing of the calling program is imported again there, whatever its __main__.)"""
+    with tempfile.TemporaryDirectory() as tmp:
+        job, answer = Path(tmp) / "job.pickle", Path(tmp) / "answer.json"
+        with open(job, "wb") as f:
+            pickle.dump((cfg, data, images, batch_size, num_workers, device), f, protocol=pickle.HIGHEST_PROTOCOL)
+        package_parent = str(Path(__file__).resolve().parents[2])  # importable without an installed package
+        paths = [package_parent, *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        code = "import sys; from cifar_s12.benchmarks.throughput import _epoch_job; _epoch_job(*sys.argv[1:])"
+        done = subprocess.run([sys.executable, "-c", code, str(job), str(answer)], env=env, check=False)
+        reply = json.loads(answer.read_text()) if answer.is_file() else {
+            "error": f"its process ended without an answer (exit code {done.returncode})"}
+    if "ok" not in reply:
+        raise RuntimeError(f"the {cfg.data_path} epoch failed in its process: {reply['error']}")
+    return reply["ok"]
 
 
 def bottleneck(loader_images_per_second: float, train_images_per_second: float) -> str:
