@@ -80,7 +80,8 @@ for trainer in ("torch", "lightning"):
                 trainer, "--out", str(folder)]
         args += ["--subset", subset] if subset else []
         args += ["--test-subset", test_subset] if test_subset else []
-        command = "python -m cifar_s12 " + " ".join(args)
+        # the JSON names the temporary folder $WORK, not this machine's path of it
+        command = "python -m cifar_s12 " + " ".join(args).replace(str(work), "$WORK")
         print(f"gpu_check: {command}", flush=True)
         memory = work / f"{trainer}-{path}-memory.json"
         t0 = time.perf_counter()
