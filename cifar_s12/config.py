@@ -168,11 +168,6 @@ def same_recipe(saved: dict, cfg: TrainConfig) -> bool:
 NOT_RECIPE_CHANGES = ("recipe", "seed", "epochs", "tta", "precision", "subset", "test_subset", *LOADING_FIELDS)
 
 
-# Fields of experiments that lost and left the code (docs/measurements.md says at which commit it lives), with the
-# value that meant "off": an old run that switched one on is still told apart from its recipe.
-REMOVED_FIELDS = {"ema_decay": None, "dirac_init": False}
-
-
 def recipe_changes(saved: dict) -> list[str]:
     """How a run's ``config`` departs from its named recipe, as ``--set`` spells it (``max_lr=0.4``,
     ``augment.flip="random"``): the results table gives an ablation its own row."""
@@ -183,7 +178,10 @@ def recipe_changes(saved: dict) -> list[str]:
         return []
     theirs, preset = _as_saved(TrainConfig.from_dict(saved)), _as_saved(RECIPES[recipe])
     flat = [(k, v, preset[k]) for k, v in theirs.items() if k != "augment" and k not in NOT_RECIPE_CHANGES]
-    flat += [(k, saved[k], off) for k, off in REMOVED_FIELDS.items() if k in saved]
+    # A field this version no longer has (an experiment that lost and left the code): switched on (neither null,
+    # false nor 0), the old run is still told apart from its recipe.
+    gone = {k: v for k, v in saved.items() if k not in theirs and not isinstance(v, dict)}
+    flat += [(k, v, None) for k, v in gone.items() if v not in (None, False, 0)]
     flat += [(f"augment.{k}", v, preset["augment"][k]) for k, v in theirs["augment"].items()]
     return [f"{name}={json.dumps(value)}" for name, value, default in flat if value != default]
 
