@@ -220,7 +220,8 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     if args.start_lr >= args.end_lr:
         raise UserError(f"--start-lr ({args.start_lr:g}) must be below --end-lr ({args.end_lr:g})")
     kinds = list(LR_FINDERS) if args.lr_finder == "both" else [args.lr_finder]
-    results = range_tests(kinds, _config(args), lightning_module=CifarLitModule, start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter)
+    results = range_tests(kinds, _config(args), lightning_module=CifarLitModule, start_lr=args.start_lr,
+                          end_lr=args.end_lr, num_iter=args.num_iter)
     if len(results) == 1:
         (result,) = results.values()
         save_figure(plot_lr_finder(result.lrs, result.losses, result.suggested_lr), args.plot)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from .transform import AugmentConfig
 from .utils import UserError
 
-
 # Where the training augmentations run (TrainConfig.data_path; dataset.build_loaders).
 DATA_PATHS = ("albumentations", "batched")
 

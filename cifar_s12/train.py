@@ -45,7 +45,7 @@ def train_step(model, x, y, optimizer, criterion, runtime: Runtime) -> tuple[tor
 
 def train_epoch(model, loader, optimizer, scheduler, criterion, runtime: Runtime, desc: str = "train",
                 lrs: list[float] | None = None) -> dict:
-    """One pass over ``loader``, stepping the OneCycle ``scheduler`` after every batch; each step's LR goes to ``lrs``."""
+    """One pass over ``loader``, stepping the OneCycle ``scheduler`` after every batch; each step's LR to ``lrs``."""
     model.train()
     accuracy = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro").to(runtime.device)
     loss_sum, seen = torch.zeros((), device=runtime.device), 0
@@ -151,7 +151,8 @@ def read_resume(resume: str | Path | None, cfg: TrainConfig) -> tuple[dict | Non
     return state, resume_config(state["config"], cfg, state["training"]["metrics"].get("epochs_completed"), checkpoint)
 
 
-def with_max_lr(cfg: TrainConfig, model, train_loader, runtime: Runtime, log) -> tuple[TrainConfig, LRFindResult | None]:
+def with_max_lr(cfg: TrainConfig, model, train_loader, runtime: Runtime,
+                log) -> tuple[TrainConfig, LRFindResult | None]:
     """``cfg`` unchanged when it has a max LR; else with the one the LR range test suggests (the course recipe)."""
     if cfg.max_lr is not None:  # a resumed run keeps the max LR its first part found
         return cfg, None

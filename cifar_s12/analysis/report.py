@@ -16,7 +16,16 @@ from ..dataset import Split, load_cifar10, subset
 from ..runs.checkpoints import LoadedModel, load_checkpoint
 from ..runs.folder import CURVES, RunFolder
 from ..transform import train_transform
-from .plots import plot_augmented, plot_confusion_matrix, plot_curves, plot_gradcam, plot_misclassified, plot_per_class_accuracy, plot_samples, save_figure
+from .plots import (
+    plot_augmented,
+    plot_confusion_matrix,
+    plot_curves,
+    plot_gradcam,
+    plot_misclassified,
+    plot_per_class_accuracy,
+    plot_samples,
+    save_figure,
+)
 from .predictions import (
     Predictions,
     check_cam_layer,

@@ -23,7 +23,15 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..analysis.plots import cam_overlay  # noqa: E402
-from ..analysis.predictions import cam_layer_choices, default_cam_layer, gradcam, load_image, normalised, predict_probabilities, top_k
+from ..analysis.predictions import (
+    cam_layer_choices,
+    default_cam_layer,
+    gradcam,
+    load_image,
+    normalised,
+    predict_probabilities,
+    top_k,
+)
 from ..model import count_parameters  # noqa: E402
 from ..runs.checkpoints import load_checkpoint  # noqa: E402
 from ..utils import UserError  # noqa: E402

@@ -1,8 +1,8 @@
 """A Hugging Face Space folder for the app: ``python -m cifar_s12 space --out DIR``, then push DIR to a Space.
 
-What it holds: app.py (calls ``cifar_s12.app.gradio_app.space_main``), requirements.txt, README.md with the Space's front
-matter, the package itself, the weights with their card and mistakes cache, and the example images. Nothing is
-fetched at run time, so the Space starts as it ran here.
+What it holds: app.py (calls ``cifar_s12.app.gradio_app.space_main``), requirements.txt, README.md with the
+Space's front matter, the package itself, the weights with their card and mistakes cache, and the example images.
+Nothing is fetched at run time, so the Space starts as it ran here.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Lightning trainer's metrics.json history, measured the way the plain loop measures it, and its resume checkpoint."""
+"""The Lightning trainer's metrics.json history, measured as the plain loop measures it, and its resume checkpoint."""
 from __future__ import annotations
 
 import os

@@ -31,8 +31,10 @@ def continue_or_start(out: str | os.PathLike, trainer: str, cfg: TrainConfig, lo
     except (OSError, ValueError):
         metrics = {}
     saved = metrics.get("config", {})
-    differences = [f"trainer: {metrics.get('trainer')} here, {trainer} in this cell"] if metrics.get("trainer") != trainer \
-        else recipe_differences(saved, cfg) if saved else ["its metrics.json is missing or unreadable"]
+    if metrics.get("trainer") != trainer:
+        differences = [f"trainer: {metrics.get('trainer')} here, {trainer} in this cell"]
+    else:
+        differences = recipe_differences(saved, cfg) if saved else ["its metrics.json is missing or unreadable"]
     done = metrics.get("epochs_completed") or 0
     if not differences and done >= cfg.epochs:
         log(f"{out} holds this run, finished: nothing to train. Its epochs:")
