@@ -1,7 +1,8 @@
-"""The recipe made into objects: model, optimizer, OneCycle schedule, loss, data and loaders from a TrainConfig.
+"""The recipe made into objects: model, optimizer, OneCycle schedule and loss from a TrainConfig (the loaders:
+dataset.build_loaders).
 
-One copy, used by both trainers (train.py, lit.py), the LR range tests (lr_find.py) and the benchmark (bench.py),
-so none of them can drift from the others.
+One copy, used by both trainers (train.py, lit.py), the LR range tests (lr_find.py) and the benchmark
+(benchmarks/throughput.py), so none of them can drift from the others.
 """
 from __future__ import annotations
 
