@@ -20,16 +20,17 @@ export NO_ALBUMENTATIONS_UPDATE=1 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python}
 RUNS_DIR=${FAST_RUNS_DIR:-runs}
 
-# name -> what it changes in `--recipe fast --seed N` (N from the name's seedN): the preset itself from three seeds
-# and in the Lightning trainer. The TTA views need no run of their own: every run reports its accuracy without TTA,
+# name -> what it changes in `--recipe fast --seed N` (N from the name's seedN): the preset itself from three seeds,
+# in the Lightning trainer, and with the batched data path (docs/data-path.md). The TTA views need no run of their own: every run reports its accuracy without TTA,
 # with flip TTA alone and with the recipe's flip + shift TTA.
 declare -A RUNS=(
   [seed1]=""
   [seed2]=""
   [seed3]=""
   [lightning-seed1]="--trainer lightning"
+  [batched-seed1]="--set data_path=batched"
 )
-ORDER=(seed1 seed2 seed3 lightning-seed1)
+ORDER=(seed1 seed2 seed3 lightning-seed1 batched-seed1)
 
 # What to do with each run folder DIR given, one word a line (runs.folder and runs.table own the file names and the
 # finished rule; one Python for all, since importing the package takes seconds): done (all of its recipe's epochs,

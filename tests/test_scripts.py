@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fast_runs.sh"
-# the script's runs in its order (ORDER): the preset from three seeds, then in the Lightning trainer (the moving-average
-# runs and the ablations were the script's at commit 68880f0, and need code this package no longer has)
-ORDER = ("seed1", "seed2", "seed3", "lightning-seed1")
+# the script's runs in its order (ORDER): the preset from three seeds, in the Lightning trainer, with the batched data
+# path (the moving-average runs and the ablations were the script's at commit 68880f0, and need code this package no
+# longer has)
+ORDER = ("seed1", "seed2", "seed3", "lightning-seed1", "batched-seed1")
 
 
 @pytest.fixture
@@ -79,6 +80,7 @@ def test_without_names_every_run_starts_in_order_the_preset_first(fast_runs):
     assert calls[2] == f"-m cifar_s12 train --recipe fast --seed 3 --out {runs}/fast-seed3"  # seed from the name
     assert calls[3] == (f"-m cifar_s12 train --recipe fast --seed 1 --trainer lightning "
                         f"--out {runs}/fast-lightning-seed1")
+    assert calls[4] == f"-m cifar_s12 train --recipe fast --seed 1 --set data_path=batched --out {runs}/fast-batched-seed1"
 
 
 def test_every_run_of_the_script_is_one_this_package_can_train():
