@@ -221,7 +221,7 @@ def test_each_committed_fast_run_is_the_run_fast_runs_sh_names_it_after():
         assert (run["trainer"], run["config"]["seed"]) == (trainer, seed), path.name
         assert recipe_changes(run["config"]) == recipe_changes(expected), path.name
         checked.append(path.name)
-    assert checked == ["lightning-fast-seed1.json", "torch-fast-seed1.json", "torch-fast-seed2.json",
-                       "torch-fast-seed3.json"]
+    assert checked == ["lightning-fast-seed1.json", "torch-fast-batched-seed1.json", "torch-fast-seed1.json",
+                       "torch-fast-seed2.json", "torch-fast-seed3.json"]
     assert {"lightning-fast-ema-seed1.json", "torch-fast-ema-seed1.json", "torch-fast-dirac-seed1.json",
             "torch-fast-no-bs256-bnbias-cutout9-seed1.json"} <= set(older)
