@@ -163,11 +163,11 @@ def with_max_lr(cfg: TrainConfig, model, train_loader, runtime: Runtime,
 
 def restore_training(state: dict, model, optimizer, scheduler, runtime: Runtime, metrics: dict, log) -> int:
     """Load a ``checkpoints/last.pt`` into the freshly built run and carry its metrics over; returns the next epoch."""
-    training, cfg = state["training"], TrainConfig.from_dict(state["config"])
+    training, epochs = state["training"], state["config"]["epochs"]  # the recipe fit read from this state
     saved, planned = training["scheduler"].get("total_steps"), scheduler.total_steps
     if saved != planned:
         raise UserError(f"--resume: the checkpoint's OneCycle schedule has {saved:,} steps, but this run would take "
-                        f"{planned:,} ({planned // cfg.epochs} per epoch); resume with the first part's training data")
+                        f"{planned:,} ({planned // epochs} per epoch); resume with the first part's training data")
     model.load_state_dict(training["state_dict"])
     optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
@@ -180,9 +180,9 @@ def restore_training(state: dict, model, optimizer, scheduler, runtime: Runtime,
                    epochs_completed=earlier["epochs_completed"], command=" && ".join(commands) or None,
                    earlier_seconds=float(earlier.get("wall_seconds", 0.0)),
                    **provenance_of_parts([*earlier.get("parts", [earlier]), metrics]))
-    log(f"resuming after epoch {earlier['epochs_completed']} of {cfg.epochs}; the epochs already done:")
+    log(f"resuming after epoch {earlier['epochs_completed']} of {epochs}; the epochs already done:")
     for row in earlier["history"]:
-        log(format_epoch(row, cfg.epochs))
+        log(format_epoch(row, epochs))
     return earlier["epochs_completed"] + 1
 
 
