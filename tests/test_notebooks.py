@@ -7,6 +7,7 @@ disk in ``OUT``, never a variable that only the training cell (or an optional ce
 """
 import ast
 import builtins
+import inspect
 import json
 import re
 from pathlib import Path
@@ -111,6 +112,19 @@ def test_the_session_code_is_on_the_page_from_the_package_and_explained():
     assert "What Lightning took over from session 1's loop" in "\n".join(markdown_cells(nb02))
 
 
+# Notebook 01's new sources come with its fresh full run (issue 35); until then its committed run is the earlier one.
+@pytest.mark.xfail(strict=True, reason="notebook 01's new sources come with its next full run")
+def test_notebook_01_shows_the_optimizer_onecycle_and_the_step_from_the_package():
+    nb01 = NOTEBOOKS[0]
+    assert "scheduler.step()" in "\n".join(markdown_cells(nb01))
+    # The optimizer and the OneCycleLR construction come from the package's source too, and so does the step.
+    assert {"build_optimizer", "build_scheduler"} <= shown_sources(nb01)
+    from cifar_s12.onecycle import build_scheduler
+    from cifar_s12.train import train_epoch
+
+    assert "OneCycleLR(" in inspect.getsource(build_scheduler) and "scheduler.step()" in inspect.getsource(train_epoch)
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_the_lesson_opens_with_what_the_student_learns_and_the_runs_provenance_in_one_line(notebook):
     opening = markdown_cells(notebook)[0]
@@ -165,4 +179,21 @@ def test_the_lesson_shows_no_test_plumbing_and_no_removed_feature(notebook):
     assert not re.search(r"\bCI\b|ema_decay|dirac", text), re.findall(r".*\bCI\b.*", text)
     config = next("".join(c["source"]) for c in cells if "QUICK =" in "".join(c["source"]))
     assert "try the whole notebook" in config
+
+
+@pytest.mark.parametrize("notebook", [
+    pytest.param(NOTEBOOKS[0], marks=pytest.mark.xfail(strict=True, reason="notebook 01's new sources come with its "
+                                                                          "next full run")),
+    NOTEBOOKS[1]], ids=lambda p: p.stem)
+def test_no_source_or_output_names_the_weight_average_that_left_the_code(notebook):
+    text = notebook.read_text()
+    assert "moving average" not in text, re.findall(r".{0,60}moving average.{0,60}", text)
+
+
+def test_notebook_02_ends_with_the_s12_deliverable():
+    cells = code_cells(NOTEBOOKS[1])
+    export, app, space = (cell_calling(cells, name) for name in ("export_weights", "serve", "write_space"))
+    train = cell_calling(cells, "fit_lightning")
+    assert train < export < app < space == len(cells) - 1
+    assert "hf upload" in "".join(json.loads(NOTEBOOKS[1].read_text())["cells"][-1]["source"])
 
