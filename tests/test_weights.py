@@ -1,6 +1,7 @@
 """export: a run's checkpoint -> fp16 safetensors + card + mistakes cache; predict/report use the shipped weights
 when no --checkpoint is given."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -40,6 +41,17 @@ def test_export_writes_weights_card_and_cache_measured_on_the_exported_weights(e
     cache = read_mistakes(cache_paths(out)[0])
     assert cache.test_images == 20 and cache.accuracy == card["test_accuracy"]
     assert f"test accuracy of the exported weights: {card['test_accuracy']:.4f}" in lines[1]
+    assert lines[1].endswith("; the run measured nothing")  # this run's metrics.json has no final figure
+
+
+def test_export_prints_the_runs_own_accuracy_as_it_prints_the_exports(checkpoint, tiny_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "final_test_accuracy": 0.9366000294685364}))
+    lines = export_weights(run / checkpoint.name, tmp_path / "w.safetensors", data_dir=str(tiny_dir))
+    assert lines[1].endswith("; the run measured 0.9366"), lines[1]
+    assert read_card(tmp_path / "w.safetensors")["run"]["final_test_accuracy"] == 0.9366000294685364  # kept whole
 
 
 def test_export_refuses_another_suffix_and_missing_data_before_writing(checkpoint, tmp_path, capsys):

@@ -87,12 +87,12 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike = SHIPP
             "export_command": cli_command(), "exported_at_commit": provenance()["git_commit"]}
     write_json(card_path(out), card)
     cache = write_mistakes(mistakes, cache_paths(out)[:1])
-    done = metrics.get("epochs_completed")
+    done, measured = metrics.get("epochs_completed"), metrics.get("final_test_accuracy")
     unfinished = [f"note: the run stopped after {done} of its {cfg.epochs} epochs (finish it with --resume)"] \
         if done is not None and done < cfg.epochs else []
     return unfinished + [f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp16) and {card_path(out)}",
             f"test accuracy of the exported weights: {mistakes.accuracy:.4f} (flip TTA {tta:.4f}) on "
-            f"{mistakes.test_images:,} test images; the run measured {metrics.get('final_test_accuracy', 'nothing')}",
+            f"{mistakes.test_images:,} test images; the run measured {'nothing' if measured is None else f'{measured:.4f}'}",
             f"wrote {cache}" if cache else "could not write the mistakes cache beside the weights"]
 
 
