@@ -112,8 +112,6 @@ def test_the_session_code_is_on_the_page_from_the_package_and_explained():
     assert "What Lightning took over from session 1's loop" in "\n".join(markdown_cells(nb02))
 
 
-# Notebook 01's new sources come with its fresh full run (issue 35); until then its committed run is the earlier one.
-@pytest.mark.xfail(strict=True, reason="notebook 01's new sources come with its next full run")
 def test_notebook_01_shows_the_optimizer_onecycle_and_the_step_from_the_package():
     nb01 = NOTEBOOKS[0]
     assert "scheduler.step()" in "\n".join(markdown_cells(nb01))
@@ -181,10 +179,7 @@ def test_the_lesson_shows_no_test_plumbing_and_no_removed_feature(notebook):
     assert "try the whole notebook" in config
 
 
-@pytest.mark.parametrize("notebook", [
-    pytest.param(NOTEBOOKS[0], marks=pytest.mark.xfail(strict=True, reason="notebook 01's new sources come with its "
-                                                                          "next full run")),
-    NOTEBOOKS[1]], ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_no_source_or_output_names_the_weight_average_that_left_the_code(notebook):
     text = notebook.read_text()
     assert "moving average" not in text, re.findall(r".{0,60}moving average.{0,60}", text)
