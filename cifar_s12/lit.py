@@ -198,9 +198,11 @@ def workers_per_process(cfg: TrainConfig, processes: int) -> int | None:
 # ----------------------------------------------------------------------------------------------------------------
 # The Trainer
 def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: int | str = 1, accelerator: str = "auto",
-                  strategy: str = "auto", max_epochs: int | None = None, fast_dev_run: bool = False) -> pl.Trainer:
+                  strategy: str = "auto", max_epochs: int | None = None, fast_dev_run: bool = False,
+                  enable_model_summary: bool = True) -> pl.Trainer:
     """The defaults a Lightning user expects: TensorBoard + CSV logs under ``out``, LR monitor, best-val-accuracy
-    and last checkpoints in ``out/checkpoints``, progress bar, model summary, the package's precision choice."""
+    and last checkpoints in ``out/checkpoints``, progress bar, model summary (unless the caller has shown it), the
+    package's precision choice."""
     folder = RunFolder(out)
     best = ModelCheckpoint(dirpath=folder.checkpoints, filename=LIGHTNING_BEST, monitor="val_acc", mode="max",
                            save_on_train_epoch_end=True)  # at epoch end, after EpochHistory: the ckpt has its row
@@ -228,8 +230,9 @@ def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: i
             # version_N per run, so a resumed run adds its logs beside the first part's instead of replacing them
             logger=[TensorBoardLogger(folder.root, name=folder.tensorboard.name),
                     CSVLogger(folder.root, name=folder.csv.name)],
-            callbacks=[history, LearningRateMonitor(logging_interval="step"), best, last, ModelSummary(max_depth=2),
-                       TQDMProgressBar()],
+            callbacks=[history, LearningRateMonitor(logging_interval="step"), best, last, TQDMProgressBar(),
+                       *([ModelSummary(max_depth=2)] if enable_model_summary else [])],
+            enable_model_summary=enable_model_summary,
             log_every_n_steps=10, default_root_dir=out)
     except (MisconfigurationException, ValueError, TypeError) as err:  # e.g. --accelerator gpu, no GPU; a bad --strategy
         raise UserError(f"Lightning cannot set up this run: {str(err).splitlines()[0]}") from None
@@ -243,7 +246,7 @@ def build_trainer(cfg: TrainConfig, out: Path, history: EpochHistory, devices: i
 def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData | None = None, devices: int | str = 1,
                   accelerator: str = "auto", strategy: str = "auto", resume: str | os.PathLike | None = None,
                   stop_after: int | None = None, fast_dev_run: bool = False, lr_finder: str = "torch",
-                  log=print) -> RunResult:
+                  enable_model_summary: bool = True, log=print) -> RunResult:
     """Train ``cfg`` with Lightning. Writes (on rank 0) the plain trainer's ``metrics.json`` (with
     ``"trainer": "lightning"``), ``model.pt`` and ``curves.png`` to ``out_dir``, and Lightning's own outputs below
     it: ``tensorboard/``, ``csv/metrics.csv``, ``checkpoints/{best-...,last}.ckpt``.
@@ -251,6 +254,7 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     ``resume``: a run folder (or its ``checkpoints/last.ckpt``) to continue with the recipe saved there, exactly
     as the plain trainer continues its own. ``stop_after``: stop once that epoch is done, keeping the OneCycle plan
     of ``cfg.epochs``. ``lr_finder``: which range test picks the max LR when ``cfg.max_lr`` is None.
+    ``enable_model_summary``: False where the summary was already shown (notebook 02 prints it before training).
     """
     wall_start = time.perf_counter()
     log = rank_zero_only(log)  # DDP runs this function in every process; one of them talks
@@ -280,11 +284,13 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
             log(f"resuming after epoch {saved['epochs_done']} of {module.cfg.epochs}; the epochs already done:")
             for row in history.history:
                 log(format_epoch(row, module.cfg.epochs))
+            log(f"continuing from epoch {saved['epochs_done'] + 1}:")
 
     history = EpochHistory(after_epoch=save_epoch, wall_start=wall_start, before_training=announce)
     with lightning_notices_hidden(*RUN_NOTICES):
         trainer = build_trainer(cfg, folder.root, history, devices, accelerator, strategy,
-                                max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run)
+                                max_epochs=min(stop_after or cfg.epochs, cfg.epochs), fast_dev_run=fast_dev_run,
+                                enable_model_summary=enable_model_summary)
     datamodule = CifarDataModule(replace(cfg, num_workers=workers_per_process(cfg, trainer.world_size)), data,
                                  first_epoch=saved["epochs_done"] if resume is not None else 0,
                                  device=trainer.strategy.root_device)

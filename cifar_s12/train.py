@@ -183,6 +183,7 @@ def restore_training(state: dict, model, optimizer, scheduler, runtime: Runtime,
     log(f"resuming after epoch {earlier['epochs_completed']} of {epochs}; the epochs already done:")
     for row in earlier["history"]:
         log(format_epoch(row, epochs))
+    log(f"continuing from epoch {earlier['epochs_completed'] + 1}:")
     return earlier["epochs_completed"] + 1
 
 

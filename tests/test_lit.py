@@ -262,8 +262,22 @@ def test_lightnings_notices_are_hidden_and_the_run_says_what_it_trains_on(data, 
     assert lines[1].startswith("custom_resnet: 6,573,120 parameters | cpu x1, ") and "128 train / 64 test" in lines[1]
     # The second part says where it resumes and shows the epoch already done, so its output is the whole run.
     assert lines[2:4] == [lines[1], "resuming after epoch 1 of 2; the epochs already done:"]
-    assert len(lines) == 5 and lines[4].startswith("epoch  1/2 | train loss ")
+    assert len(lines) == 6 and lines[4].startswith("epoch  1/2 | train loss ") and lines[5] == "continuing from epoch 2:"
     for notice in ("GPU available", "TPU available", "Automatic Mixed Precision", "Tip:", "stepping batches",
                    "already configured with model summary", "Restoring states", "weights_only"):
         assert not any(notice in message for message in records), (notice, records)
     assert any("Trainable params" in message for message in records)  # ModelSummary's table is not a notice
+
+
+@pytest.mark.parametrize("shown_before", [False, True])
+def test_the_trainer_prints_the_model_summary_unless_the_caller_has_shown_it(tmp_path, shown_before):
+    """Notebook 02 prints ModelSummary before training, so its training cell asks for no second copy at fit."""
+    from pytorch_lightning.callbacks import ModelSummary
+
+    from cifar_s12.lit import build_trainer
+    from cifar_s12.runs.lightning_history import EpochHistory
+
+    trainer = build_trainer(make_config("best"), tmp_path, EpochHistory(), accelerator="cpu",
+                            enable_model_summary=not shown_before)
+    summaries = [c for c in trainer.callbacks if isinstance(c, ModelSummary)]
+    assert [s._max_depth for s in summaries] == ([] if shown_before else [2])

@@ -89,8 +89,15 @@ def test_a_notebooks_training_cell_run_again_continues_an_interrupted_run(straig
     other = "lightning" if trainer == "torch" else "torch"
     resume = continue_or_start(tmp_path, trainer, replace(cfg, num_workers=0, data_dir="elsewhere"))
     assert resume == (folder.train_state if trainer == "torch" else folder.lightning_last)  # where the data is: free
-    FITS[trainer](cfg, tmp_path, data=data, resume=resume, **QUIET)
+    lines = []
+    FITS[trainer](cfg, tmp_path, data=data, resume=resume, log=lines.append)
     assert_same_run(straight(trainer, workers), folder)
+    # The cell's output is the whole run: the epoch already done, then where training goes on, each epoch once.
+    said = [line for line in lines if line.startswith(("resuming", "continuing", "epoch "))]
+    n, epochs = cfg.epochs, [" ".join(line.split(" | ")[0].split()) for line in said]
+    assert said[0] == f"resuming after epoch 1 of {n}; the epochs already done:" and said[2] == "continuing from epoch 2:"
+    assert epochs[1] == f"epoch 1/{n}" and epochs[3:] == ([f"epoch {e}/{n}" for e in range(2, n + 1)]
+                                                         if trainer == "torch" else [])  # Lightning's go to stdout
     # Run again once the run has finished ("Run all" after a reconnect): nothing to train, the run stays.
     written = folder.written()
     assert continue_or_start(tmp_path, trainer, cfg) == FINISHED and folder.written() == written
