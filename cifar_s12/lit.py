@@ -30,7 +30,7 @@ from .model import NUM_CLASSES, build_model
 from .onecycle import build_criterion, build_model_for, build_optimizer, build_scheduler, plan_finished
 from .runs.folder import LIGHTNING_BEST, LIGHTNING_LAST, RunFolder, resume_file
 from .runs.lightning_history import EpochHistory, describe_trainer, read_resume_checkpoint
-from .runs.metrics import RunResult, describe_run, format_epoch, new_metrics, record_epoch, save_outputs
+from .runs.metrics import RunResult, announce_resume, describe_run, new_metrics, record_epoch, save_outputs
 from .runs.plumbing import RUN_NOTICES, ctrl_c_raises, hide_lightning_warnings, lightning_notices_hidden
 from .runs.provenance import provenance_of_parts
 from .tta import predict_logits, tta_variants
@@ -281,10 +281,7 @@ def fit_lightning(cfg: TrainConfig, out_dir: str | os.PathLike, data: CifarData 
     def announce(trainer: pl.Trainer, module: CifarLitModule) -> None:  # as the plain loop's first line
         log(describe_run(module.cfg, module.model, describe_trainer(trainer), datamodule.data))
         if resume is not None:
-            log(f"resuming after epoch {saved['epochs_done']} of {module.cfg.epochs}; the epochs already done:")
-            for row in history.history:
-                log(format_epoch(row, module.cfg.epochs))
-            log(f"continuing from epoch {saved['epochs_done'] + 1}:")
+            announce_resume(history.history, module.cfg.epochs, log)
 
     history = EpochHistory(after_epoch=save_epoch, wall_start=wall_start, before_training=announce)
     with lightning_notices_hidden(*RUN_NOTICES):

@@ -23,7 +23,8 @@ from .model import NUM_CLASSES
 from .onecycle import build_criterion, build_model_for, build_optimizer, build_scheduler, plan_finished
 from .runs.checkpoints import read_train_state
 from .runs.folder import RunFolder, resume_file
-from .runs.metrics import RunResult, describe_run, format_epoch, new_metrics, record_epoch, save_outputs
+from .runs.metrics import (RunResult, announce_resume, describe_run, format_epoch, new_metrics, record_epoch,
+                           save_outputs)
 from .runs.provenance import cli_command, provenance, provenance_of_parts
 from .tta import predict_logits, tta_variants
 from .utils import UserError, seed_epoch, seed_everything, write_json
@@ -180,10 +181,7 @@ def restore_training(state: dict, model, optimizer, scheduler, runtime: Runtime,
                    epochs_completed=earlier["epochs_completed"], command=" && ".join(commands) or None,
                    earlier_seconds=float(earlier.get("wall_seconds", 0.0)),
                    **provenance_of_parts([*earlier.get("parts", [earlier]), metrics]))
-    log(f"resuming after epoch {earlier['epochs_completed']} of {epochs}; the epochs already done:")
-    for row in earlier["history"]:
-        log(format_epoch(row, epochs))
-    log(f"continuing from epoch {earlier['epochs_completed'] + 1}:")
+    announce_resume(earlier["history"], epochs, log)
     return earlier["epochs_completed"] + 1
 
 

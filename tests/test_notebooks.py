@@ -193,7 +193,6 @@ def test_notebook_02_ends_with_the_s12_deliverable():
     assert "hf upload" in "".join(json.loads(NOTEBOOKS[1].read_text())["cells"][-1]["source"])
 
 
-
 def drawing_cells(notebook: Path) -> list[dict]:
     """The code cells that call a plotting function of the package (``plot_*``, ``*_figures``)."""
     cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]

@@ -62,6 +62,14 @@ def format_epoch(row: dict, epochs: int) -> str:
             f"{row['images_per_second']:.0f} img/s, {row['epoch_seconds']:.0f} s")
 
 
+def announce_resume(history: list[dict], epochs: int, log) -> None:
+    """What a resumed run of either trainer prints first, so its output is the whole run: the epochs already done."""
+    log(f"resuming after epoch {len(history)} of {epochs}; the epochs already done:")
+    for row in history:
+        log(format_epoch(row, epochs))
+    log(f"continuing from epoch {len(history) + 1}:")
+
+
 def save_outputs(folder: RunFolder, model: nn.Module, cfg: TrainConfig, classes, metrics: dict,
                  training: dict | None = None) -> None:
     """``model.pt`` and ``metrics.json`` (and, with ``training``, the plain trainer's ``checkpoints/last.pt``
