@@ -202,12 +202,7 @@ def drawing_cells(notebook: Path) -> list[dict]:
             if any(name and (name.startswith("plot_") or name.endswith("_figures")) for name in names)]
 
 
-@pytest.mark.parametrize("notebook", [
-    NOTEBOOKS[0],
-    pytest.param(NOTEBOOKS[1], marks=pytest.mark.xfail(strict=True, reason="notebook 02's committed run was made "
-                                                                          "headless without figures; its next run "
-                                                                          "has them")),
-], ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_cell_that_draws_shows_its_figure_in_the_committed_outputs(notebook):
     # A run made with MPLBACKEND=Agg (as tests set it) stores no figure: the notebooks select the inline backend.
     config = next("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
