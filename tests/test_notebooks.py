@@ -18,10 +18,14 @@ from IPython.core.inputtransformer2 import TransformerManager
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
+def code_cell_json(notebook: Path) -> list[dict]:
+    """The notebook's code cells as stored: source, metadata, outputs."""
+    return [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+
+
 def code_cells(notebook: Path) -> list[ast.Module]:
     """Each code cell as Python: IPython turns its `!shell` lines and `%magics` into calls first."""
-    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
-    return [ast.parse(TransformerManager().transform_cell("".join(c["source"]))) for c in cells]
+    return [ast.parse(TransformerManager().transform_cell("".join(c["source"]))) for c in code_cell_json(notebook)]
 
 
 def bound_names(tree: ast.AST) -> set[str]:
@@ -142,7 +146,7 @@ def test_on_colab_the_first_code_cell_checks_for_a_gpu_before_anything_is_instal
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_one_variable_puts_the_run_on_google_drive(notebook):
-    source = ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+    source = ["".join(c["source"]) for c in code_cell_json(notebook)]
     config = next(s for s in source if "SAVE_TO_DRIVE" in s)
     assert "SAVE_TO_DRIVE = False" in config and "drive.mount(" in config and "OUT = RUNS /" in config
 
@@ -152,7 +156,7 @@ def test_the_committed_outputs_are_one_full_run_of_the_whole_notebook(notebook):
     """nbval compares each cell tagged ``nbval-check-output`` with its committed output, and compares nothing when
     that output is empty: each of them must hold one. The outputs come from one run, every cell in order, and the
     lesson's opening names it."""
-    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+    cells = code_cell_json(notebook)
     assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
     checked = [c for c in cells if "nbval-check-output" in c["metadata"].get("tags", [])]
     assert checked and all(c["outputs"] for c in checked)
@@ -195,7 +199,7 @@ def test_notebook_02_ends_with_the_s12_deliverable():
 
 def drawing_cells(notebook: Path) -> list[dict]:
     """The code cells that call a plotting function of the package (``plot_*``, ``*_figures``)."""
-    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+    cells = code_cell_json(notebook)
     called = [{getattr(n.func, "id", None) or getattr(n.func, "attr", None) for n in ast.walk(tree)
                if isinstance(n, ast.Call)} for tree in code_cells(notebook)]
     return [cell for cell, names in zip(cells, called)
@@ -205,8 +209,7 @@ def drawing_cells(notebook: Path) -> list[dict]:
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_cell_that_draws_shows_its_figure_in_the_committed_outputs(notebook):
     # A run made with MPLBACKEND=Agg (as tests set it) stores no figure: the notebooks select the inline backend.
-    config = next("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
-                  if c["cell_type"] == "code" and "QUICK =" in "".join(c["source"]))
+    config = next(s for s in ("".join(c["source"]) for c in code_cell_json(notebook)) if "QUICK =" in s)
     assert "%matplotlib inline" in config
     drawing = drawing_cells(notebook)
     assert len(drawing) >= 6
